@@ -1,0 +1,67 @@
+"""The label set: the paper's 12 classes common to VKITTI 2, Cityscapes and KITTI.
+
+Every class list, palette and dataset-id mapping in the project comes from here, so a
+model's outputs, the training targets and the coloured images can never disagree.
+"""
+import numpy as np
+
+#: Class names in id order (paper section 4.2).
+CLASS_NAMES = (
+    'terrain', 'sky', 'vegetation', 'building', 'road', 'guard_rail',
+    'traffic_sign', 'traffic_light', 'pole', 'truck', 'car', 'van',
+)
+NUM_CLASSES = len(CLASS_NAMES)
+#: Pixels outside the 12 classes; ignored by losses and metrics (vision_msgs LabelInfo: 255).
+IGNORE_INDEX = 255
+
+#: One colour per class (VKITTI 2 colours; Tree colour for vegetation). Ignore is black.
+PALETTE = np.zeros((256, 3), dtype=np.uint8)
+PALETTE[:NUM_CLASSES] = [
+    (210, 0, 200),    # terrain
+    (90, 200, 255),   # sky
+    (0, 199, 0),      # vegetation
+    (140, 140, 140),  # building
+    (100, 60, 100),   # road
+    (250, 100, 255),  # guard_rail
+    (255, 255, 0),    # traffic_sign
+    (200, 200, 0),    # traffic_light
+    (255, 130, 0),    # pole
+    (160, 60, 60),    # truck
+    (255, 127, 80),   # car
+    (0, 139, 139),    # van
+]
+
+#: Virtual KITTI 2 ``colors.txt`` category name -> class id (None = ignore).
+VKITTI2_CATEGORY_TO_CLASS = {
+    'Terrain': 0, 'Sky': 1, 'Tree': 2, 'Vegetation': 2, 'Building': 3, 'Road': 4,
+    'GuardRail': 5, 'TrafficSign': 6, 'TrafficLight': 7, 'Pole': 8, 'Truck': 9,
+    'Car': 10, 'Van': 11, 'Misc': None, 'Undefined': None,
+}
+
+#: Virtual KITTI 2 default colours (used when a scene has no colors.txt).
+VKITTI2_DEFAULT_COLORS = {
+    'Terrain': (210, 0, 200), 'Sky': (90, 200, 255), 'Tree': (0, 199, 0),
+    'Vegetation': (90, 240, 0), 'Building': (140, 140, 140), 'Road': (100, 60, 100),
+    'GuardRail': (250, 100, 255), 'TrafficSign': (255, 255, 0), 'TrafficLight': (200, 200, 0),
+    'Pole': (255, 130, 0), 'Truck': (160, 60, 60), 'Car': (255, 127, 80), 'Van': (0, 139, 139),
+    'Misc': (80, 80, 80), 'Undefined': (0, 0, 0),
+}
+
+#: Cityscapes label id (KITTI semantics benchmark) -> class id. Cityscapes has no van, and
+#: caravan (29) is not a van, so van never appears in KITTI ground truth.
+CITYSCAPES_ID_TO_CLASS = {
+    7: 4, 11: 3, 14: 5, 17: 8, 18: 8, 19: 7, 20: 6, 21: 2, 22: 0, 23: 1, 26: 10, 27: 9,
+}
+
+
+def cityscapes_lut():
+    """Return a 256-entry lookup table mapping Cityscapes ids to class ids (255 elsewhere)."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for cs_id, cls in CITYSCAPES_ID_TO_CLASS.items():
+        lut[cs_id] = cls
+    return lut
+
+
+def colorize(labels):
+    """Map an HxW uint8 label image to an HxWx3 rgb8 image with the shared palette."""
+    return PALETTE[np.asarray(labels, dtype=np.uint8)]

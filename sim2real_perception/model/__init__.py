@@ -1,0 +1,29 @@
+"""Model registry: build a network by name from a config section (timm-style)."""
+from .depth_coding import decode_depth, encode_depth
+from .twin_vae import DepthSegNet, ModelConfig, TwinVAE
+
+_REGISTRY = {'twin_vae': TwinVAE}
+
+
+def register_model(name):
+    """Add a model class to the registry (class decorator)."""
+    def wrap(cls):
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def list_models():
+    return sorted(_REGISTRY)
+
+
+def build_model(model_cfg, name='twin_vae'):
+    """Instantiate a registered model from a ``model:`` config dict or ModelConfig."""
+    if name not in _REGISTRY:
+        raise KeyError(f'unknown model {name!r}; available: {list_models()}')
+    cfg = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_dict(model_cfg)
+    return _REGISTRY[name](cfg)
+
+
+__all__ = ['DepthSegNet', 'ModelConfig', 'TwinVAE', 'build_model', 'decode_depth',
+           'encode_depth', 'list_models', 'register_model']

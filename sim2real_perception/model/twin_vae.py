@@ -1,0 +1,250 @@
+"""The twin-VAE of the paper (Table 2).
+
+Real/sim encoders and decoders with a shared latent space, plus auxiliary depth and
+segmentation decoders with their own weights.
+
+Layer numbering follows Table 2: the encoder is rows 1-10, a decoder rows 11-20. Weight
+sharing is between the *last* ``shared_layers`` encoder layers and the *first*
+``shared_layers`` decoder layers of the real and sim branches. The paper disagrees with
+itself here (section 3.2 says three layers, Table 2 marks one per side as shared), so the
+count is a config value that defaults to section 3.2's three.
+
+The latent follows UNIT: the encoder predicts the mean of q(z|x) with unit variance, so
+the reparameterisation trick is ``z = mu + eps`` in training and ``z = mu`` in eval.
+"""
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .depth_coding import ENCODINGS, decode_depth
+from .packnet import PackLayer, ResBlock, UnpackLayer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network hyper-parameters; see ``config/defaults.yaml`` (section ``model``)."""
+
+    height: int = 256
+    width: int = 256
+    in_channels: int = 3
+    stem_channels: int = 64
+    stem_kernel: int = 7
+    pack_channels: tuple = (76, 88, 100, 128, 200)
+    res_blocks: int = 2
+    bottleneck_channels: int = 250
+    latent_channels: int = 300
+    kernel_size: int = 3
+    packing_d: int = 8
+    shared_layers: int = 3
+    num_classes: int = 12
+    init_std: float = 0.02
+    depth_encoding: str = 'linear'
+    min_depth: float = 0.5
+    max_depth: float = 80.0
+
+    @classmethod
+    def from_dict(cls, data):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise KeyError(f'unknown model config keys {sorted(unknown)}')
+        data = dict(data)
+        if 'pack_channels' in data:
+            data['pack_channels'] = tuple(int(c) for c in data['pack_channels'])
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out['pack_channels'] = list(self.pack_channels)
+        return out
+
+    @property
+    def num_encoder_layers(self):
+        return 1 + len(self.pack_channels) + self.res_blocks + 2
+
+    @property
+    def downsampling(self):
+        return 2 ** (len(self.pack_channels) + 1)
+
+    def validate(self):
+        for side, size in (('height', self.height), ('width', self.width)):
+            if size <= 0 or size % 128:
+                raise ValueError(f'model.{side}={size}: must be a positive multiple of 128')
+        if not self.pack_channels:
+            raise ValueError('model.pack_channels must not be empty')
+        if not 1 <= self.shared_layers <= self.num_encoder_layers:
+            raise ValueError(f'model.shared_layers={self.shared_layers}: must be in '
+                             f'1..{self.num_encoder_layers}')
+        if self.depth_encoding not in ENCODINGS:
+            raise ValueError(f'model.depth_encoding must be one of {ENCODINGS}')
+        if not 0 < self.min_depth < self.max_depth:
+            raise ValueError('model: need 0 < min_depth < max_depth')
+        if not 1 <= self.num_classes <= 255:
+            raise ValueError('model.num_classes must be in 1..255 (mono8 labels, 255 = ignore)')
+        # The unpacking Conv2d emits 4*out/d channels.
+        for ch in (self.stem_channels, *self.pack_channels):
+            if (4 * ch) % self.packing_d:
+                raise ValueError(f'4*{ch} channels not divisible by packing_d={self.packing_d}')
+
+
+class LatentHead(nn.Sequential):
+    """Row 10: Conv2D + BatchNorm giving the mean of q(z|x) (shared between domains)."""
+
+    def __init__(self, in_ch, out_ch, kernel_size):
+        super().__init__(nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
+                         nn.BatchNorm2d(out_ch))
+
+
+class LatentUp(nn.Sequential):
+    """Row 11: ConvTranspose2D + BatchNorm + ReLU (stride 1, keeps 1/64 scale)."""
+
+    def __init__(self, in_ch, out_ch, kernel_size):
+        super().__init__(
+            nn.ConvTranspose2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
+            nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+
+class OutputLayer(nn.Sequential):
+    """Row 20: ConvTranspose2D (+ tanh for images and depth, raw logits for segmentation)."""
+
+    def __init__(self, in_ch, out_ch, kernel_size, tanh):
+        layers = [nn.ConvTranspose2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2)]
+        if tanh:
+            layers.append(nn.Tanh())
+        super().__init__(*layers)
+
+
+def encoder_layers(cfg):
+    """Rows 1-10 as a list of modules."""
+    k = cfg.kernel_size
+    layers = [nn.Sequential(
+        nn.Conv2d(cfg.in_channels, cfg.stem_channels, cfg.stem_kernel,
+                  padding=cfg.stem_kernel // 2),
+        nn.LeakyReLU(0.2, inplace=True))]
+    prev = cfg.stem_channels
+    for ch in cfg.pack_channels:
+        layers.append(PackLayer(prev, ch, k, cfg.packing_d))
+        prev = ch
+    layers += [ResBlock(prev, k) for _ in range(cfg.res_blocks)]
+    layers.append(PackLayer(prev, cfg.bottleneck_channels, k, cfg.packing_d))
+    layers.append(LatentHead(cfg.bottleneck_channels, cfg.latent_channels, k))
+    return layers
+
+
+def decoder_layers(cfg, out_channels, tanh):
+    """Rows 11-20 as a list of modules (the exact mirror of the encoder)."""
+    k = cfg.kernel_size
+    widths = [cfg.stem_channels, *cfg.pack_channels]
+    layers = [LatentUp(cfg.latent_channels, cfg.bottleneck_channels, k),
+              UnpackLayer(cfg.bottleneck_channels, widths[-1], k, cfg.packing_d)]
+    layers += [ResBlock(widths[-1], k) for _ in range(cfg.res_blocks)]
+    for in_ch, out_ch in zip(widths[:0:-1], widths[-2::-1]):
+        layers.append(UnpackLayer(in_ch, out_ch, k, cfg.packing_d))
+    layers.append(OutputLayer(cfg.stem_channels, out_channels, cfg.stem_kernel, tanh))
+    return layers
+
+
+class Stack(nn.Module):
+    """An ordered list of layers run one after the other (kept as a list for sharing)."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def init_gaussian(module, std):
+    """Gaussian initialisation (section 3.2): N(0, std) conv weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.affine:
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+
+
+class TwinVAE(nn.Module):
+    """Real/sim encoders and decoders plus the depth and segmentation decoders."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        if isinstance(cfg, dict):
+            cfg = ModelConfig.from_dict(cfg)
+        self.cfg = cfg
+        n = cfg.shared_layers
+        enc_real = encoder_layers(cfg)
+        enc_sim = encoder_layers(cfg)[:-n] + enc_real[-n:]
+        dec_real = decoder_layers(cfg, cfg.in_channels, tanh=True)
+        dec_sim = dec_real[:n] + decoder_layers(cfg, cfg.in_channels, tanh=True)[n:]
+        self.enc_real, self.enc_sim = Stack(enc_real), Stack(enc_sim)
+        self.dec_real, self.dec_sim = Stack(dec_real), Stack(dec_sim)
+        self.dec_depth = Stack(decoder_layers(cfg, 1, tanh=True))
+        self.dec_seg = Stack(decoder_layers(cfg, cfg.num_classes, tanh=False))
+        init_gaussian(self, cfg.init_std)
+
+    def encoder(self, domain):
+        return {'real': self.enc_real, 'sim': self.enc_sim}[domain]
+
+    def decoder(self, domain):
+        return {'real': self.dec_real, 'sim': self.dec_sim,
+                'depth': self.dec_depth, 'seg': self.dec_seg}[domain]
+
+    def encode(self, x, domain):
+        """Return ``(mu, z)``: z is ``mu + N(0, I)`` in training, ``mu`` in eval."""
+        mu = self.encoder(domain)(x)
+        z = mu + torch.randn_like(mu) if self.training else mu
+        return mu, z
+
+    def decode(self, z, domain):
+        return self.decoder(domain)(z)
+
+    def forward(self, x, domain='real'):
+        """Inference path: depth targets in [-1, 1] and class logits for one domain."""
+        _, z = self.encode(x, domain)
+        return self.dec_depth(z), self.dec_seg(z)
+
+
+class DepthSegNet(nn.Module):
+    """Deployed path: uint8 NHWC RGB -> (depth metres BxHxW, class ids BxHxW uint8).
+
+    Only the real encoder and the two auxiliary decoders, so a robot loads a third of the
+    weights. Normalisation, depth decoding and argmax live inside the graph so the ONNX
+    and PyTorch backends do identical work and the node's Python code stays thin.
+    """
+
+    def __init__(self, cfg, twin=None):
+        super().__init__()
+        if isinstance(cfg, dict):
+            cfg = ModelConfig.from_dict(cfg)
+        self.cfg = cfg
+        if twin is None:
+            self.encoder = Stack(encoder_layers(cfg))
+            self.dec_depth = Stack(decoder_layers(cfg, 1, tanh=True))
+            self.dec_seg = Stack(decoder_layers(cfg, cfg.num_classes, tanh=False))
+        else:
+            self.encoder = twin.enc_real
+            self.dec_depth, self.dec_seg = twin.dec_depth, twin.dec_seg
+
+    @classmethod
+    def from_twin(cls, twin):
+        """Share (not copy) the real encoder and auxiliary decoders of a TwinVAE."""
+        return cls(twin.cfg, twin)
+
+    def forward(self, image_u8):
+        x = image_u8.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0
+        z = self.encoder(x)
+        cfg = self.cfg
+        depth = decode_depth(self.dec_depth(z)[:, 0], cfg.depth_encoding,
+                             cfg.min_depth, cfg.max_depth)
+        labels = self.dec_seg(z).argmax(dim=1).to(torch.uint8)
+        return depth, labels
