@@ -65,3 +65,46 @@ def cityscapes_lut():
 def colorize(labels):
     """Map an HxW uint8 label image to an HxWx3 rgb8 image with the shared palette."""
     return PALETTE[np.asarray(labels, dtype=np.uint8)]
+
+
+#: Class id -> Cityscapes label id, for writing KITTI-semantics ground truth. Van has no
+#: Cityscapes id; Cityscapes annotators label vans as car (26), as KITTI's ground truth does.
+CLASS_TO_CITYSCAPES_ID = (22, 23, 21, 11, 7, 14, 20, 19, 17, 27, 26, 26)
+
+#: Class id -> Virtual KITTI 2 category, for writing ``classgt`` colour images.
+CLASS_TO_VKITTI2_CATEGORY = (
+    'Terrain', 'Sky', 'Tree', 'Building', 'Road', 'GuardRail', 'TrafficSign', 'TrafficLight',
+    'Pole', 'Truck', 'Car', 'Van',
+)
+
+
+def vkitti2_color_to_class(category_colors=None):
+    """Return ``{(r, g, b): class id}`` (IGNORE_INDEX for Misc/Undefined) for a scene.
+
+    ``category_colors`` is a scene's ``colors.txt`` as ``{category: (r, g, b)}``; None uses
+    the defaults. Unknown category names raise KeyError so a new dataset version is noticed.
+    """
+    colors = VKITTI2_DEFAULT_COLORS if category_colors is None else category_colors
+    table = {}
+    for name, rgb in colors.items():
+        if name not in VKITTI2_CATEGORY_TO_CLASS:
+            raise KeyError(f'unknown Virtual KITTI 2 category {name!r}')
+        cls = VKITTI2_CATEGORY_TO_CLASS[name]
+        table[tuple(int(c) for c in rgb)] = IGNORE_INDEX if cls is None else cls
+    return table
+
+
+def labels_from_colors(rgb, color_to_class):
+    """Decode an HxWx3 RGB label image; return (uint8 class ids, bool mask of unknown colours).
+
+    Unknown colours get IGNORE_INDEX; the caller decides whether they are an error.
+    """
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    key = ((rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8)
+           | rgb[..., 2])
+    packed = {(r << 16) | (g << 8) | b: cls for (r, g, b), cls in color_to_class.items()}
+    keys = np.array(sorted(packed), dtype=np.uint32)
+    values = np.array([packed[k] for k in keys], dtype=np.uint8)
+    idx = np.clip(np.searchsorted(keys, key), 0, len(keys) - 1)
+    known = keys[idx] == key
+    return np.where(known, values[idx], np.uint8(IGNORE_INDEX)).astype(np.uint8), ~known

@@ -1,0 +1,154 @@
+"""sensor_msgs/Image <-> numpy, with ROS 2 ``cv_bridge`` when it imports and our own code if not.
+
+The PyPI ``cv-bridge`` package is a broken ROS 1 port and ``rosbags-image`` ignores ``step``,
+so a pip-only install needs this fallback. Incoming images are viewed in place
+(``np.frombuffer``, zero copy) after every header field is checked against the data, so a
+malformed message raises :class:`ImageConversionError` with a reason instead of crashing or
+reading past the buffer. Outgoing messages are built from ``arr.tobytes()``: handing a numpy
+array to ``msg.data`` makes rclpy iterate it element by element (242 ms for one KITTI frame).
+"""
+import array
+
+import cv2
+import numpy as np
+
+try:  # ROS 2 cv_bridge (apt ros-<distro>-cv-bridge); absent on pip-only installs.
+    from cv_bridge import CvBridge as _CvBridge
+    _BRIDGE = _CvBridge()
+except Exception:  # noqa: BLE001 - any import failure means "use the fallback"
+    _BRIDGE = None
+
+#: Which converter :func:`imgmsg_to_rgb` uses: 'cv_bridge' or 'builtin'.
+BACKEND = 'cv_bridge' if _BRIDGE is not None else 'builtin'
+
+#: encoding -> (channels, bytes per channel, cv2 code to RGB or None). 16-bit encodings are
+#: scaled to 8 bits (>> 8) and are where ``is_bigendian`` matters.
+ENCODINGS = {
+    'rgb8': (3, 1, None),
+    'bgr8': (3, 1, cv2.COLOR_BGR2RGB),
+    'rgba8': (4, 1, cv2.COLOR_RGBA2RGB),
+    'bgra8': (4, 1, cv2.COLOR_BGRA2RGB),
+    'mono8': (1, 1, cv2.COLOR_GRAY2RGB),
+    'rgb16': (3, 2, None),
+    'bgr16': (3, 2, cv2.COLOR_BGR2RGB),
+    'mono16': (1, 2, cv2.COLOR_GRAY2RGB),
+}
+SUPPORTED_ENCODINGS = tuple(ENCODINGS)
+
+#: Encodings the node publishes: numpy dtype and channels.
+OUTPUT_ENCODINGS = {
+    'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'mono8': (np.uint8, 1),
+    'mono16': (np.uint16, 1), '32FC1': (np.float32, 1),
+}
+
+
+class ImageConversionError(ValueError):
+    """An image message that cannot be turned into an RGB array; the text says why."""
+
+
+def check_imgmsg(msg, max_pixels=None):
+    """Validate an Image's header fields against its data; return (channels, bytes/channel).
+
+    Raises ImageConversionError naming the problem: unsupported encoding, empty or too large
+    image, ``step`` smaller than a row, or data shorter/longer than ``step * height``.
+    """
+    encoding = msg.encoding
+    if encoding not in ENCODINGS:
+        raise ImageConversionError(
+            f'unsupported encoding {msg.encoding!r} (supported: {", ".join(ENCODINGS)})')
+    channels, depth, _ = ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(f'empty image {width}x{height}')
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageConversionError(
+            f'image {width}x{height} has {height * width} pixels, more than the limit '
+            f'{max_pixels} (parameter max_input_pixels)')
+    row = width * channels * depth
+    if step < row:
+        raise ImageConversionError(
+            f'step {step} is smaller than one row of {width} {encoding} pixels ({row} bytes)')
+    if step % depth:
+        raise ImageConversionError(f'step {step} is not a multiple of the {depth}-byte channel')
+    size = len(msg.data)
+    if size != step * height:
+        kind = 'truncated' if size < step * height else 'oversized'
+        raise ImageConversionError(
+            f'{kind} data: {size} bytes, expected step*height = {step}*{height} = '
+            f'{step * height}')
+    return channels, depth
+
+
+def imgmsg_to_rgb(msg, max_pixels=None):
+    """Return the image as an HxWx3 uint8 RGB array (a view of ``msg.data`` for rgb8)."""
+    check_imgmsg(msg, max_pixels)
+    if _BRIDGE is not None and ENCODINGS[msg.encoding][1] == 1:
+        return np.asarray(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding='rgb8'))
+    return builtin_imgmsg_to_rgb(msg, max_pixels)
+
+
+def builtin_imgmsg_to_rgb(msg, max_pixels=None):
+    """Own conversion (no cv_bridge): honours ``step`` padding and ``is_bigendian``."""
+    channels, depth = check_imgmsg(msg, max_pixels)
+    _, _, code = ENCODINGS[msg.encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if depth == 1:
+        # Rows of ``step`` bytes; the padding at the end of each row is sliced away.
+        img = buf.reshape(height, step)[:, :width * channels].reshape(height, width, channels)
+    else:
+        dtype = np.dtype('>u2' if msg.is_bigendian else '<u2')
+        words = buf.view(dtype).reshape(height, step // 2)[:, :width * channels]
+        img = (words >> 8).astype(np.uint8).reshape(height, width, channels)
+    if code is not None:
+        return cv2.cvtColor(np.ascontiguousarray(img), code)
+    return img
+
+
+def array_to_imgmsg(arr, encoding, header=None, msg_type=None):
+    """Build a sensor_msgs/Image from a numpy array via ``arr.tobytes()`` (fast path).
+
+    ``encoding`` is one of rgb8, bgr8, mono8, mono16, 32FC1; the array's dtype and channel
+    count must match it. The header (stamp + frame_id) is shared, not copied.
+    """
+    if msg_type is None:
+        from sensor_msgs.msg import Image as msg_type
+    if encoding not in OUTPUT_ENCODINGS:
+        raise ValueError(f'cannot publish encoding {encoding!r} '
+                         f'(supported: {", ".join(OUTPUT_ENCODINGS)})')
+    dtype, channels = OUTPUT_ENCODINGS[encoding]
+    arr = np.asarray(arr)
+    if arr.dtype != dtype or arr.ndim not in (2, 3) or \
+            (arr.shape[2] if arr.ndim == 3 else 1) != channels:
+        raise ValueError(f'{encoding} needs a {np.dtype(dtype).name} array with {channels} '
+                         f'channel(s), got {arr.dtype.name} {arr.shape}')
+    msg = msg_type()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(arr.dtype.byteorder == '>')
+    msg.step = int(arr.shape[1] * channels * arr.dtype.itemsize)
+    # array.array('B', bytes) is a memcpy whatever ROS_PYTHON_CHECK_FIELDS says.
+    msg.data = array.array('B', np.ascontiguousarray(arr).tobytes())
+    return msg
+
+
+def rgb_to_imgmsg(rgb, header=None):
+    """Build an ``rgb8`` Image from an HxWx3 uint8 array."""
+    return array_to_imgmsg(rgb, 'rgb8', header)
+
+
+def compressed_to_rgb(msg, max_pixels=None):
+    """Decode a sensor_msgs/CompressedImage (jpeg/png) to HxWx3 uint8 RGB."""
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size == 0:
+        raise ImageConversionError('empty compressed image')
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ImageConversionError(f'cannot decode compressed image (format {msg.format!r})')
+    if max_pixels is not None and img.shape[0] * img.shape[1] > max_pixels:
+        raise ImageConversionError(
+            f'image {img.shape[1]}x{img.shape[0]} is larger than max_input_pixels '
+            f'{max_pixels}')
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -1,0 +1,298 @@
+"""Run an exported model on camera images of any size: the inference library.
+
+``Predictor.from_path`` loads an exported directory (``config.json`` + ``model.safetensors``,
+optionally ``model.onnx``) or a ``.onnx`` file next to a ``config.json``, with PyTorch or
+ONNX Runtime. Neither path unpickles anything: safetensors and ONNX protobuf hold data only.
+
+An image is resized to the model size with ``cv2.INTER_AREA``; depth comes back to the input
+resolution bilinearly and labels by nearest neighbour, so labels are always real class ids.
+Depth is metric (the network decodes metres in its graph); pixels the network calls sky are
+``+inf`` when ``sky_as_infinity`` (REP 117 "no return"), and NaN only ever means the model
+produced NaN (REP 117 "invalid"). No depth is ever clamped or set to 0.
+"""
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import labels as label_set
+from .model_io import CONFIG_NAME, ModelLoadError, ONNX_NAME, read_model_config, WEIGHTS_NAME
+
+LOG = logging.getLogger(__name__)
+
+BACKENDS = ('auto', 'torch', 'onnxruntime')
+DEVICES = ('auto', 'cpu', 'cuda')
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+SKY_CLASS = label_set.CLASS_NAMES.index('sky')
+
+
+class InputImageError(ValueError):
+    """An image the predictor cannot take (wrong dtype, shape or size)."""
+
+
+def _ms(t0):
+    return (time.perf_counter() - t0) * 1000.0
+
+
+@dataclass
+class Prediction:
+    """One image's outputs at the input resolution, plus per-stage timings in ms.
+
+    ``nan_pixels`` counts model-size depth pixels that came out NaN (a broken model or
+    weights); they stay NaN at full size, REP 117's "invalid".
+    """
+
+    depth: np.ndarray
+    labels: np.ndarray
+    timings: dict = field(default_factory=dict)
+    nan_pixels: int = 0
+    small_labels: np.ndarray = None
+    _color: np.ndarray = None
+
+    @property
+    def color(self):
+        """The labels coloured with the shared palette (rgb8), computed on first use.
+
+        Colouring the model-size labels and resizing nearest gives the same image as
+        colouring full-size labels, at a fraction of the lookups.
+        """
+        if self._color is None:
+            if self.small_labels is not None:
+                h, w = self.labels.shape
+                small = label_set.PALETTE[self.small_labels]
+                self._color = (small if small.shape[:2] == (h, w) else
+                               cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST))
+            else:
+                self._color = label_set.colorize(self.labels)
+        return self._color
+
+
+def resolve_model_path(model_path):
+    """Return (model_dir, onnx_path or None) for an exported dir, config, weights or .onnx."""
+    path = Path(model_path).expanduser()
+    if path.is_dir():
+        onnx = path / ONNX_NAME
+        return path, (onnx if onnx.is_file() else None)
+    if path.suffix == '.onnx':
+        if not path.is_file():
+            raise ModelLoadError(f'ONNX model not found: {path}')
+        if not (path.parent / CONFIG_NAME).is_file():
+            raise ModelLoadError(f'{path} needs its {CONFIG_NAME} next to it '
+                                 f'({path.parent / CONFIG_NAME} not found)')
+        return path.parent, path
+    if path.name in (CONFIG_NAME, WEIGHTS_NAME) and path.is_file():
+        return resolve_model_path(path.parent)
+    raise ModelLoadError(f'model path not found: {path} (an exported model directory or a '
+                         f'.onnx file next to {CONFIG_NAME})')
+
+
+def _ort_providers(device):
+    """Pick ONNX Runtime execution providers for a device name ('auto', 'cpu', 'cuda')."""
+    import onnxruntime as ort
+    available = ort.get_available_providers()
+    if device == 'cpu':
+        return ['CPUExecutionProvider']
+    gpu = [p for p in ('TensorrtExecutionProvider', 'CUDAExecutionProvider') if p in available]
+    if device.startswith('cuda') and not gpu:
+        raise ValueError(f'device {device!r} requested but onnxruntime has no CUDA/TensorRT '
+                         f'provider (available: {available}; install onnxruntime-gpu)')
+    return gpu + ['CPUExecutionProvider']
+
+
+class _TorchRunner:
+    """DepthSegNet on CPU or CUDA; fp16/bf16 through autocast on CUDA only."""
+
+    name = 'torch'
+
+    def __init__(self, model_dir, device, precision):
+        import torch
+        from .model_io import load_depth_seg_net, torch_device
+        self.torch = torch
+        self.device = torch_device(device)
+        if precision != 'fp32' and self.device.type != 'cuda':
+            raise ValueError(f'precision {precision!r} needs a CUDA device '
+                             f'(got {self.device}); use fp32 on CPU')
+        self.dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision)
+        self.net, _ = load_depth_seg_net(model_dir, self.device)
+        self.description = f'torch {torch.__version__} on {self.device} ({precision})'
+
+    def __call__(self, batch_u8):
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch_u8).to(self.device, non_blocking=True)
+            if self.dtype is not None:
+                with torch.autocast('cuda', dtype=self.dtype):
+                    depth, labels = self.net(x)
+            else:
+                depth, labels = self.net(x)
+            return depth.float().cpu().numpy(), labels.cpu().numpy()
+
+
+class _OrtRunner:
+    """An ONNX Runtime session over ``model.onnx`` (uint8 NHWC in, depth + labels out)."""
+
+    name = 'onnxruntime'
+
+    def __init__(self, onnx_path, device, precision, threads=None):
+        import onnxruntime as ort
+        providers = _ort_providers(device)
+        options = []
+        for p in providers:
+            opts = {}
+            if p == 'TensorrtExecutionProvider' and precision == 'fp16':
+                opts = {'trt_fp16_enable': True}
+            options.append(opts)
+        if precision != 'fp32' and providers[0] != 'TensorrtExecutionProvider':
+            raise ValueError(f'precision {precision!r} with onnxruntime needs the TensorRT '
+                             f'provider (fp16); use backend torch on CUDA for fp16/bf16')
+        if precision == 'bf16':
+            raise ValueError('precision bf16 is only supported with backend torch on CUDA')
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), sess_options=so,
+                                                providers=providers, provider_options=options)
+        except Exception as exc:  # noqa: BLE001 - ORT raises several private exception types
+            raise ModelLoadError(f'cannot load ONNX model {onnx_path}: '
+                                 f'{str(exc).splitlines()[0] if str(exc) else exc}') from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape
+        used = self.session.get_providers()
+        self.description = f'onnxruntime {ort.__version__} with {used[0]} ({precision})'
+
+    def __call__(self, batch_u8):
+        depth, labels = self.session.run(None, {self.input_name: batch_u8})
+        return depth.astype(np.float32, copy=False), labels.astype(np.uint8, copy=False)
+
+
+def _cuda_available():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _ort_importable():
+    try:
+        import onnxruntime  # noqa: F401
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def choose_backend(backend, device, onnx_path):
+    """Resolve 'auto': ONNX Runtime when a model.onnx exists (fastest on CPU, and uses
+    TensorRT/CUDA providers with onnxruntime-gpu), else PyTorch. Returns (backend, why)."""
+    if backend != 'auto':
+        return backend, 'requested'
+    if onnx_path is None:
+        return 'torch', f'no {ONNX_NAME} in the model directory'
+    if not _ort_importable():
+        return 'torch', 'onnxruntime is not installed'
+    if device.startswith('cuda') or (device == 'auto' and _cuda_available()):
+        import onnxruntime as ort
+        if not {'TensorrtExecutionProvider', 'CUDAExecutionProvider'} & \
+                set(ort.get_available_providers()):
+            return 'torch', 'CUDA requested but onnxruntime has no GPU provider'
+    return 'onnxruntime', f'{onnx_path.name} present'
+
+
+class Predictor:
+    """Depth (metres) + class ids for HxWx3 uint8 RGB images of any size."""
+
+    def __init__(self, runner, config, sky_as_infinity=True):
+        self.runner = runner
+        self.config = config
+        self.model_config = config['model_config']
+        self.height, self.width = self.model_config.height, self.model_config.width
+        self.class_names = list(config.get('labels', {}).get(
+            'names', label_set.CLASS_NAMES[:self.model_config.num_classes]))
+        self.sky_class = SKY_CLASS if 'sky' in self.class_names else None
+        self.sky_as_infinity = bool(sky_as_infinity)
+        self.backend = runner.name
+        self.description = runner.description
+
+    @classmethod
+    def from_path(cls, model_path, backend='auto', device='auto', precision='fp32',
+                  sky_as_infinity=True, threads=None):
+        """Load a model; raise ModelLoadError naming the file, ValueError for bad options."""
+        for name, value, allowed in (('backend', backend, BACKENDS),
+                                     ('precision', precision, PRECISIONS)):
+            if value not in allowed:
+                raise ValueError(f'{name} must be one of {allowed}, got {value!r}')
+        if not (device in DEVICES or str(device).startswith('cuda:')):
+            raise ValueError(f"device must be one of {DEVICES} or 'cuda:N', got {device!r}")
+        model_dir, onnx_path = resolve_model_path(model_path)
+        config = read_model_config(model_dir)
+        chosen, why = choose_backend(backend, device, onnx_path)
+        if chosen == 'onnxruntime':
+            if onnx_path is None:
+                raise ModelLoadError(
+                    f'backend onnxruntime needs {model_dir / ONNX_NAME}; create it with '
+                    f'python -m sim2real_perception.onnx_export --model {model_dir}')
+            runner = _OrtRunner(onnx_path, device, precision, threads)
+            shape = runner.input_shape
+            want = [config['model_config'].height, config['model_config'].width, 3]
+            if len(shape) != 4 or list(shape[1:]) != want:
+                raise ModelLoadError(f'{onnx_path} input shape {shape} does not match '
+                                     f'{model_dir / CONFIG_NAME} (N x {want})')
+        else:
+            if threads:
+                import torch
+                torch.set_num_threads(int(threads))
+            runner = _TorchRunner(model_dir, device, precision)
+        LOG.info('model %s: %s (backend %s: %s)', model_path, runner.description, chosen, why)
+        return cls(runner, config, sky_as_infinity)
+
+    def preprocess(self, rgb):
+        """Check an image and resize it to the model size (INTER_AREA)."""
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 \
+                or rgb.shape[2] != 3:
+            desc = f'{rgb.dtype} {rgb.shape}' if isinstance(rgb, np.ndarray) else type(rgb)
+            raise InputImageError(f'expected an HxWx3 uint8 RGB image, got {desc}')
+        if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+            raise InputImageError(f'empty image {rgb.shape[1]}x{rgb.shape[0]}')
+        if rgb.shape[:2] == (self.height, self.width):
+            return np.ascontiguousarray(rgb)
+        return cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
+
+    def postprocess(self, depth, labels, size):
+        """Bring one model-size output back to ``size`` = (H, W); mark sky as +inf."""
+        h, w = size
+        if (h, w) != depth.shape:
+            depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_LINEAR)
+            full_labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        else:
+            depth, full_labels = depth.copy(), labels
+        if self.sky_as_infinity and self.sky_class is not None:
+            depth[full_labels == self.sky_class] = np.inf
+        return depth, full_labels
+
+    def predict(self, rgb):
+        """Return a :class:`Prediction` for one HxWx3 uint8 RGB image."""
+        return self.predict_batch([rgb])[0]
+
+    def predict_batch(self, images):
+        """Run several images (any sizes) as one batch; one Prediction per image."""
+        if len(images) == 0:
+            return []
+        t0 = time.perf_counter()
+        batch = np.stack([self.preprocess(img) for img in images])
+        t_pre = _ms(t0)
+        t0 = time.perf_counter()
+        depth, labels = self.runner(batch)
+        t_inf = _ms(t0)
+        out = []
+        for i, img in enumerate(images):
+            t0 = time.perf_counter()
+            d, lab = self.postprocess(depth[i], labels[i], img.shape[:2])
+            timings = {'preprocess_ms': t_pre / len(images), 'inference_ms': t_inf / len(images),
+                       'postprocess_ms': _ms(t0)}
+            nan = int(np.count_nonzero(np.isnan(depth[i])))
+            out.append(Prediction(d, lab, timings, nan, small_labels=labels[i]))
+        return out

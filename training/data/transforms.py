@@ -1,0 +1,111 @@
+"""Geometric and photometric transforms of reader frames, seeded by the caller's RNG.
+
+Labels are resampled by nearest neighbour (pixel centres) so class ids never blend. Depth
+is never interpolated: an output pixel takes the depth under its centre when that is valid,
+else the nearest surface (minimum) among the valid source pixels it covers, else 0. Invalid
+stays invalid, +inf (sky) stays +inf, and sparse LiDAR points survive downscaling.
+"""
+import cv2
+import numpy as np
+
+RESIZE_MODES = ('crop', 'stretch')
+
+
+def _centres(n_out, n_in):
+    """Source index under the centre of each of ``n_out`` output pixels."""
+    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+
+
+def resize_image(image, height, width):
+    """Resize an RGB image (area when shrinking, bilinear when enlarging)."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    interp = cv2.INTER_AREA if height * width < h * w else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def resize_labels(labels, height, width):
+    """Nearest-neighbour resize of a label map (exact pixel centres)."""
+    if labels.shape[:2] == (height, width):
+        return labels
+    return labels[_centres(height, labels.shape[0])][:, _centres(width, labels.shape[1])]
+
+
+def resize_depth(depth, height, width):
+    """Depth-correct resize (see module docstring): no value is ever made up."""
+    depth = np.asarray(depth, dtype=np.float32)
+    h, w = depth.shape
+    if (h, w) == (height, width):
+        return depth
+    centre = depth[_centres(height, h)][:, _centres(width, w)]
+    if height >= h and width >= w:
+        return np.where(centre > 0, centre, 0).astype(np.float32)
+    valid = depth > 0  # NaN compares False: invalid
+    ph, pw = min(height, h), min(width, w)
+    cell = ((np.arange(h) * ph // h)[:, None] * pw + (np.arange(w) * pw // w)[None, :])
+    pooled = np.full(ph * pw, np.inf, dtype=np.float32)
+    np.minimum.at(pooled, cell[valid], depth[valid])
+    covered = np.zeros(ph * pw, dtype=bool)
+    covered[cell[valid]] = True
+    pooled[~covered] = 0.0
+    pooled = pooled.reshape(ph, pw)
+    pooled = pooled[_centres(height, ph)][:, _centres(width, pw)]
+    return np.where(centre > 0, centre, pooled).astype(np.float32)
+
+
+def fit_frame(frame, height, width, mode='crop', rng=None):
+    """Bring image/depth/labels to ``height`` x ``width``.
+
+    ``crop`` keeps the aspect ratio: scale to cover the target, then crop (random offset when
+    ``rng`` is given, centred otherwise). ``stretch`` resizes to the target directly.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f'resize mode {mode!r} not in {RESIZE_MODES}')
+    h, w = frame['image'].shape[:2]
+    out = dict(frame)
+    if mode == 'crop':
+        scale = max(height / h, width / w)
+        rh, rw = max(height, int(round(h * scale))), max(width, int(round(w * scale)))
+    else:
+        rh, rw = height, width
+    out['image'] = resize_image(frame['image'], rh, rw)
+    if frame.get('depth') is not None:
+        out['depth'] = resize_depth(frame['depth'], rh, rw)
+    if frame.get('labels') is not None:
+        out['labels'] = resize_labels(frame['labels'], rh, rw)
+    if (rh, rw) != (height, width):
+        top = int(rng.integers(0, rh - height + 1)) if rng is not None else (rh - height) // 2
+        left = int(rng.integers(0, rw - width + 1)) if rng is not None else (rw - width) // 2
+        for key in ('image', 'depth', 'labels'):
+            if out.get(key) is not None:
+                out[key] = out[key][top:top + height, left:left + width]
+    return out
+
+
+def hflip(frame):
+    """Mirror image, depth and labels left-right."""
+    out = dict(frame)
+    for key in ('image', 'depth', 'labels'):
+        if out.get(key) is not None:
+            out[key] = np.ascontiguousarray(out[key][:, ::-1])
+    return out
+
+
+def color_jitter(image, strength, rng):
+    """Random brightness, contrast, saturation (factors in 1 +- strength) and hue shift."""
+    if strength <= 0:
+        return image
+    x = image.astype(np.float32) / 255.0
+    x = x * rng.uniform(1 - strength, 1 + strength)
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(1 - strength, 1 + strength) + mean
+    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = (x - grey[..., None]) * rng.uniform(1 - strength, 1 + strength) + grey[..., None]
+    x = np.clip(x, 0, 1)
+    shift = rng.uniform(-strength, strength) * 18.0  # degrees of hue (OpenCV: 0..360 float)
+    if abs(shift) > 1e-3:
+        hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0] + shift) % 360.0
+        x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,58 @@
+"""Figures like the paper's Figure 3: input, predicted and ground-truth depth and labels.
+
+One drawing routine for offline evaluation and replay, so their pictures compare.
+"""
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sim2real_perception.labels import colorize
+
+COLUMNS = ('input', 'depth (pred)', 'depth (GT)', 'labels (pred)', 'labels (GT)')
+
+
+def colorize_depth(depth, max_depth=80.0):
+    """Metres -> rgb8 via inverse depth (near = bright); invalid (0/NaN) black, +inf = far."""
+    d = np.asarray(depth, dtype=np.float32)
+    valid = np.isfinite(d) & (d > 0)
+    inv = np.zeros_like(d)
+    inv[valid] = 1.0 / np.clip(d[valid], 1e-3, max_depth)
+    inv[np.isposinf(d)] = 1.0 / max_depth
+    lo, hi = 1.0 / max_depth, 1.0 / 2.0
+    scaled = np.clip((inv - lo) / (hi - lo), 0, 1)
+    rgb = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_MAGMA)[..., ::-1]
+    rgb = rgb.copy()
+    rgb[~(valid | np.isposinf(d))] = 0
+    if valid.mean() < 0.2:  # sparse LiDAR GT: thicken points so they are visible
+        rgb = cv2.dilate(rgb, np.ones((3, 3), np.uint8))
+    return rgb
+
+
+def _tile(array, height, width, kind):
+    if array is None:
+        return np.full((height, width, 3), 40, np.uint8)
+    if kind == 'depth':
+        array = colorize_depth(array)
+    elif kind == 'labels':
+        array = colorize(array)
+    interp = cv2.INTER_NEAREST if kind != 'input' else cv2.INTER_AREA
+    return cv2.resize(np.ascontiguousarray(array), (width, height), interpolation=interp)
+
+
+def save_prediction_grid(path, rows, tile_width=320):
+    """Write a PNG: one row per frame of (image, depth pred, depth GT, labels pred, labels GT)."""
+    h0, w0 = rows[0][0].shape[:2]
+    tile_h = max(1, int(round(tile_width * h0 / w0)))
+    header = np.full((24, tile_width * len(COLUMNS), 3), 255, np.uint8)
+    for i, name in enumerate(COLUMNS):
+        cv2.putText(header, name, (i * tile_width + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    kinds = ('input', 'depth', 'depth', 'labels', 'labels')
+    body = [np.concatenate([_tile(a, tile_h, tile_width, k) for a, k in zip(row, kinds)], 1)
+            for row in rows]
+    grid = np.concatenate([header, *body], 0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), grid[..., ::-1]):
+        raise OSError(f'cannot write figure {path}')
+    return path
