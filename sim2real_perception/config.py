@@ -61,15 +61,22 @@ def merge(base, update, where='config'):
     for key, value in update.items():
         if key not in out:
             raise KeyError(f'{where}: unknown key {key!r} (known: {sorted(out)})')
-        if isinstance(out[key], dict) and isinstance(value, dict) and not _is_open(out[key]):
-            out[key] = merge(out[key], value, f'{where}.{key}')
+        if isinstance(out[key], dict) and isinstance(value, dict):
+            if _is_open(out[key]):
+                out[key] = {**out[key], **copy.deepcopy(value)}
+            else:
+                out[key] = merge(out[key], value, f'{where}.{key}')
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
 def _is_open(mapping):
-    """Open sections (marked ``_open: true``) accept any keys, e.g. per-dataset options."""
+    """Open sections (marked ``_open: true``) accept any keys, e.g. per-dataset options.
+
+    Their keys are checked by whoever consumes them (``training.data.resolve``), which
+    knows the options of each dataset format.
+    """
     return bool(mapping.get('_open', False))
 
 

@@ -54,7 +54,7 @@ class Prediction:
 
     @property
     def color(self):
-        """The labels coloured with the shared palette (rgb8), computed on first use.
+        """Return the labels coloured with the shared palette (rgb8), computed on first use.
 
         Colouring the model-size labels and resizing nearest gives the same image as
         colouring full-size labels, at a fraction of the lookups.
@@ -186,8 +186,11 @@ def _ort_importable():
 
 
 def choose_backend(backend, device, onnx_path):
-    """Resolve 'auto': ONNX Runtime when a model.onnx exists (fastest on CPU, and uses
-    TensorRT/CUDA providers with onnxruntime-gpu), else PyTorch. Returns (backend, why)."""
+    """Resolve 'auto' to a backend; return ``(backend, why)``.
+
+    ONNX Runtime when a model.onnx exists (fastest on CPU, and uses TensorRT/CUDA providers
+    with onnxruntime-gpu), else PyTorch.
+    """
     if backend != 'auto':
         return backend, 'requested'
     if onnx_path is None:

@@ -36,7 +36,7 @@ def make_node(context, model_dir, namespace='', predictor=None, **params):
 
 @pytest.fixture
 def rig(context, model_dir, request):
-    """A depth node plus a test harness in a namespace of their own."""
+    """Start a depth node plus a test harness in a namespace of their own."""
     ns = '/' + request.node.name.replace('[', '_').replace(']', '').replace('-', '_')
     made = []
 

@@ -37,4 +37,3 @@ def depth_from_rep117(depth):
     out[~np.isfinite(out) & ~np.isposinf(out)] = 0.0
     out[out < 0] = 0.0
     return out
-

@@ -57,7 +57,7 @@ class ReplayOptions:
 
 
 def decode_image(msg):
-    """A rosbags or rclpy Image (32FC1 / mono8 / rgb8) -> numpy array honouring ``step``."""
+    """Decode a rosbags or rclpy Image (32FC1 / mono8 / rgb8), honouring ``step``."""
     dtypes = {'32FC1': (np.float32, 1), 'mono8': (np.uint8, 1), 'rgb8': (np.uint8, 3)}
     if msg.encoding not in dtypes:
         raise ReplayError(f'unsupported encoding {msg.encoding!r} in ground truth/answer')
@@ -370,7 +370,7 @@ def format_report(report):
     if report.get('segmentation'):
         s = report['segmentation']
         lines.append(f'  segmentation ({report["segmentation_frames"]} frames): '
-                      f'mIoU {s["miou"]:.3f}  pixel acc {s["pixel_acc"]:.3f}')
+                     f'mIoU {s["miou"]:.3f}  pixel acc {s["pixel_acc"]:.3f}')
     if report.get('figure'):
         lines.append(f'  figure: {report["figure"]}')
     return '\n'.join(lines)

@@ -48,6 +48,7 @@ DEFAULTS = {
 
 def resolve(data_cfg):
     """Return ``data_cfg`` with defaults filled in; unknown keys and bad values are errors."""
+    data_cfg = {k: v for k, v in data_cfg.items() if k != '_open'}
     unknown = sorted(set(data_cfg) - set(DEFAULTS))
     if unknown:
         raise ValueError(f'unknown data config keys {unknown}; known: {sorted(DEFAULTS)}')
@@ -101,7 +102,7 @@ def open_source(data_cfg) -> FrameSource:
 
 
 def select_indices(source, data_cfg, split='all'):
-    """Indices of ``source`` for ``split`` after ``frame_step``, ``val_fraction``, ``max_frames``.
+    """Pick the indices of ``source`` for ``split`` (frame_step, val_fraction, max_frames).
 
     ``val`` holds the last ``val_fraction`` of every sequence (scene/variation, drive), so
     train and val never share a frame; ``all`` ignores ``val_fraction``.

@@ -114,7 +114,8 @@ class KittiRawReader(FrameSource):
         rel = Path('proj_depth') / self.depth_type / self.camera
         name = drive_dir.name
         candidates = [self.depth_root / name, self.depth_root / 'train' / name,
-                      self.depth_root / 'val' / name, self.depth_root / drive_dir.parent.name / name]
+                      self.depth_root / 'val' / name,
+                      self.depth_root / drive_dir.parent.name / name]
         for cand in candidates:
             if (cand / rel).is_dir():
                 return cand / rel

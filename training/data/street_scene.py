@@ -45,7 +45,7 @@ class Camera:
     @classmethod
     def kitti_like(cls, height, width, cam_height, x=0.0, z=0.0, pitch_deg=0.0, yaw_deg=0.0,
                    hfov_deg=81.2, vfov_deg=29.0):
-        """KITTI's field of view (81 x 29 deg) mapped onto an image of any size."""
+        """Map KITTI's field of view (81 x 29 deg) onto a camera of any image size."""
         fx = width / (2.0 * np.tan(np.radians(hfov_deg) / 2.0))
         fy = height / (2.0 * np.tan(np.radians(vfov_deg) / 2.0))
         return cls(height, width, fx, fy, width / 2.0, height / 2.0,
@@ -58,7 +58,7 @@ class Camera:
         return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1.0]])
 
     def rotation(self):
-        """Camera-to-world rotation (columns: camera x, y, z axes in world coordinates)."""
+        """Give the camera-to-world matrix (columns: the camera axes in world coordinates)."""
         flip = np.diag([1.0, -1.0, 1.0])  # camera y down -> world y up
         cp, sp = np.cos(self.pitch), np.sin(self.pitch)
         pitch = np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]])  # tilt forward axis down

@@ -136,7 +136,7 @@ def value_noise(x, y, seed=0):
 
 
 def sun_direction(azimuth_deg, elevation_deg):
-    """Unit vector towards the sun (world: x right, y up, z forward)."""
+    """Return the unit vector towards the sun (world: x right, y up, z forward)."""
     az, el = np.radians(azimuth_deg), np.radians(elevation_deg)
     return np.array([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)], np.float32)
 
@@ -357,4 +357,3 @@ def lidar_depth(geo, cam, style, rng):
     out = np.zeros(depth.shape, np.float32)
     out[keep] = depth[keep] + rng.normal(0, style.lidar_noise_m, int(keep.sum()))
     return np.maximum(out, 0.0)
-
