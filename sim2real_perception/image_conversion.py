@@ -8,6 +8,7 @@ reading past the buffer. Outgoing messages are built from ``arr.tobytes()``: han
 array to ``msg.data`` makes rclpy iterate it element by element (242 ms for one KITTI frame).
 """
 import array
+import sys
 
 import cv2
 import numpy as np
@@ -118,7 +119,7 @@ def array_to_imgmsg(arr, encoding, header=None, msg_type=None):
                          f'(supported: {", ".join(OUTPUT_ENCODINGS)})')
     dtype, channels = OUTPUT_ENCODINGS[encoding]
     arr = np.asarray(arr)
-    if arr.dtype != dtype or arr.ndim not in (2, 3) or \
+    if arr.dtype.newbyteorder('=') != dtype or arr.ndim not in (2, 3) or \
             (arr.shape[2] if arr.ndim == 3 else 1) != channels:
         raise ValueError(f'{encoding} needs a {np.dtype(dtype).name} array with {channels} '
                          f'channel(s), got {arr.dtype.name} {arr.shape}')
@@ -127,11 +128,35 @@ def array_to_imgmsg(arr, encoding, header=None, msg_type=None):
         msg.header = header
     msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
     msg.encoding = encoding
-    msg.is_bigendian = int(arr.dtype.byteorder == '>')
+    msg.is_bigendian = int(arr.dtype.byteorder == '>' or (
+        arr.dtype.byteorder == '=' and arr.dtype.itemsize > 1 and sys.byteorder == 'big'))
     msg.step = int(arr.shape[1] * channels * arr.dtype.itemsize)
     # array.array('B', bytes) is a memcpy whatever ROS_PYTHON_CHECK_FIELDS says.
     msg.data = array.array('B', np.ascontiguousarray(arr).tobytes())
     return msg
+
+
+def imgmsg_to_array(msg):
+    """Return an output-encoding Image (32FC1, mono16, mono8, rgb8, bgr8) as a native array.
+
+    The inverse of :func:`array_to_imgmsg` for consumers of the node's outputs (tests, replay):
+    honours ``step`` padding and ``is_bigendian``; 2-D for one channel, HxWxC otherwise.
+    """
+    if msg.encoding not in OUTPUT_ENCODINGS:
+        raise ImageConversionError(f'unsupported encoding {msg.encoding!r} '
+                                   f'(supported: {", ".join(OUTPUT_ENCODINGS)})')
+    dtype, channels = OUTPUT_ENCODINGS[msg.encoding]
+    dtype = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    row = width * channels * dtype.itemsize
+    if height <= 0 or width <= 0 or step < row or step % dtype.itemsize or \
+            len(msg.data) != step * height:
+        raise ImageConversionError(
+            f'{msg.encoding} image {width}x{height} with step {step} does not fit '
+            f'{len(msg.data)} bytes of data')
+    buf = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)[:, :row]
+    arr = np.ascontiguousarray(buf).view(dtype).astype(dtype.newbyteorder('='), copy=False)
+    return arr.reshape(height, width) if channels == 1 else arr.reshape(height, width, channels)
 
 
 def rgb_to_imgmsg(rgb, header=None):

@@ -1,6 +1,7 @@
 """Figures like the paper's Figure 3: input, predicted and ground-truth depth and labels.
 
-One drawing routine for offline evaluation and replay, so their pictures compare.
+One colour scheme for offline evaluation and replay, so their pictures compare;
+``save_comparison_grid`` puts several methods side by side (``training.evaluate``).
 """
 from pathlib import Path
 
@@ -56,3 +57,56 @@ def save_prediction_grid(path, rows, tile_width=320):
     if not cv2.imwrite(str(path), grid[..., ::-1]):
         raise OSError(f'cannot write figure {path}')
     return path
+
+
+def save_comparison_grid(path, frames, methods, tile_width=192, max_depth=80.0):
+    """Write a Figure-3-like PNG comparing several methods on the same frames.
+
+    ``frames`` is a list of dicts with ``image`` (rgb8) and optional ``depth`` / ``labels``
+    ground truth; ``methods`` maps a method name to one ``(depth, labels)`` prediction per
+    frame. Columns: input, depth GT, depth of each method, labels GT, labels of each method,
+    so every prediction sits next to its ground truth; one row per frame.
+    """
+    if not frames:
+        raise ValueError('no frames to draw')
+    names = list(methods)
+    columns = (['input', 'depth GT'] + [f'depth {n}' for n in names] + ['labels GT']
+               + [f'labels {n}' for n in names])
+    h0, w0 = frames[0]['image'].shape[:2]
+    tile_h = max(1, int(round(tile_width * h0 / w0)))
+    header = np.full((22, tile_width * len(columns), 3), 255, np.uint8)
+    scale = min(0.45, 0.45 * tile_width / max(60, 9 * max(len(c) for c in columns)))
+    for i, name in enumerate(columns):
+        cv2.putText(header, name, (i * tile_width + 4, 15), cv2.FONT_HERSHEY_SIMPLEX,
+                    max(scale, 0.3), (0, 0, 0), 1, cv2.LINE_AA)
+    body = []
+    for r, frame in enumerate(frames):
+        preds = [methods[n][r] for n in names]
+        tiles = [_tile(frame['image'], tile_h, tile_width, 'input'),
+                 _depth_tile(frame.get('depth'), tile_h, tile_width, max_depth)]
+        tiles += [_depth_tile(p[0], tile_h, tile_width, max_depth) for p in preds]
+        tiles.append(_tile(frame.get('labels'), tile_h, tile_width, 'labels'))
+        tiles += [_tile(p[1], tile_h, tile_width, 'labels') for p in preds]
+        body.append(np.concatenate(tiles, 1))
+    grid = np.concatenate([header, *body], 0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), grid[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise OSError(f'cannot write figure {path}')
+    return path
+
+
+def _depth_tile(depth, height, width, max_depth):
+    """Colour a depth map at tile size; sparse LiDAR points are grown so they stay visible."""
+    if depth is None:
+        return np.full((height, width, 3), 40, np.uint8)
+    d = np.asarray(depth, dtype=np.float32)
+    valid = np.isfinite(d) & (d > 0)
+    factor = d.shape[1] / width
+    if valid.mean() < 0.2 and factor > 1:
+        inv = np.where(valid, 1.0 / np.where(valid, d, 1.0), 0).astype(np.float32)
+        k = 2 * int(np.ceil(factor)) + 1
+        inv = cv2.dilate(inv, np.ones((k, k), np.uint8))  # max inverse depth = nearest point
+        with np.errstate(divide='ignore'):
+            d = np.where(inv > 0, 1.0 / inv, np.where(np.isposinf(d), np.inf, 0))
+    rgb = colorize_depth(d, max_depth)
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_NEAREST)

@@ -1,6 +1,6 @@
 """Write a rosbag2 of camera frames plus ground truth from any supported dataset.
 
-``python -m training.make_bag --data DATA --out BAG [--storage mcap|sqlite3] [--rate 10]``
+``python -m training.make_bag [--data PRESET] [--split val] --out BAG [--storage mcap|sqlite3]``
 
 The bag is what a robot would have recorded: ``sensor_msgs/Image`` rgb8 frames and
 ``sensor_msgs/CameraInfo`` on the camera topics, plus ground-truth depth (``32FC1`` metres,
@@ -19,6 +19,7 @@ from rosbags.rosbag2 import Writer
 from . import bag_format as bf
 
 KITTI_FX_PER_WIDTH = 721.5377 / 1242.0  # KITTI colour camera focal length / image width
+SPLITS = ('val', 'train', 'all')  # as training.evaluate
 
 
 def default_intrinsics(height, width):
@@ -118,38 +119,77 @@ def write_bag(frames, out, storage='mcap', rate_hz=10.0, start_ns=1_700_000_000 
 
 
 def build_parser():
+    """Return the CLI parser (every option documented in ``--help``)."""
     parser = argparse.ArgumentParser(
         prog='python -m training.make_bag', description=__doc__.split('\n\n')[0],
+        epilog='The frames are the ones `python -m training.evaluate` scores with the same '
+               '--data/--section/--split/--max-frames/--set, so offline and replay metrics '
+               'compare frame for frame. Example: python -m training.make_bag --data cpu '
+               '--split val --max-frames 50 --out outputs/eval.bag. Exit status 2 on a bad '
+               'dataset or option.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--data', required=True,
-                        help='dataset: a training preset/YAML (uses its data.<split> section) '
-                             'or a data-config YAML file')
-    parser.add_argument('--split', default='eval', help='section of the data config')
+    parser.add_argument('--data', default='cpu',
+                        help='training preset (cpu, paper, test) or YAML config whose data.* '
+                             'sections describe the datasets')
+    parser.add_argument('--section', default=None,
+                        help='data section to write (default: eval.data of the config = eval)')
+    parser.add_argument('--split', default=None,
+                        help='split of that section: val, train or all (default: eval.split '
+                             '= val); a section name (eval, sim, real) is taken as --section')
     parser.add_argument('--out', required=True, help='output bag directory')
-    parser.add_argument('--storage', default='mcap', choices=sorted(bf.STORAGES))
+    parser.add_argument('--storage', default='mcap', choices=sorted(bf.STORAGES),
+                        help='rosbag2 storage plugin')
     parser.add_argument('--rate', type=float, default=10.0, help='frame rate of the stamps, Hz')
     parser.add_argument('--start-time', type=float, default=1_700_000_000.0,
                         help='stamp of the first frame, seconds since the epoch')
-    parser.add_argument('--max-frames', type=int, default=0, help='0 = all frames')
-    parser.add_argument('--frame-id', default='camera_optical_frame')
+    parser.add_argument('--max-frames', type=int, default=0,
+                        help='at most N frames, evenly spaced over the split (0 = all)')
+    parser.add_argument('--frame-id', default='camera_optical_frame',
+                        help='header.frame_id of every message')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing bag')
-    parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
-                        help='config overrides, e.g. data.eval.root=/data/kitti')
+    parser.add_argument('--set', action='extend', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='config overrides (repeatable), e.g. data.eval.root=/data/kitti '
+                             'data.eval.format=kitti')
+    parser.add_argument('--quiet', action='store_true', help='no progress line')
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from .data import iter_frames  # dataset readers: training/data
+def select_data(config, section=None, split=None, overrides=(), max_frames=0):
+    """Resolve ``(data_cfg, split)`` exactly as ``training.evaluate`` does for its CLI."""
     from sim2real_perception.config import load_config
-    cfg = load_config(args.data, args.set)
-    if args.split not in cfg['data']:
-        raise SystemExit(f'no data.{args.split} section in {args.data}')
-    frames = iter_frames(cfg['data'][args.split], max_frames=args.max_frames or None)
-    n = write_bag(frames, args.out, args.storage, args.rate, int(args.start_time * 1e9),
-                  args.frame_id, args.overwrite,
-                  progress=lambda i: print(f'\r[make_bag] {i} frames', end='', flush=True))
-    print(f'\n[make_bag] wrote {n} frames to {args.out} ({args.storage})')
+    from .data import resolve
+    cfg = load_config(config, list(overrides))
+    if split is not None and split not in SPLITS:
+        if split not in cfg['data']:
+            raise ValueError(f'--split {split!r}: not a split {SPLITS} nor a data section '
+                             f'{sorted(cfg["data"])}')
+        section, split = split, None
+    section = section or cfg['eval']['data']
+    if section not in cfg['data']:
+        raise ValueError(f'data section {section!r} not in {sorted(cfg["data"])}')
+    data_cfg = resolve(cfg['data'][section])
+    if max_frames:
+        data_cfg['max_frames'] = int(max_frames)
+    return data_cfg, split or cfg['eval']['split']
+
+
+def main(argv=None):
+    """Run the CLI; return the exit status."""
+    args = build_parser().parse_args(argv)
+    from .data import DataError, iter_frames
+    try:
+        data_cfg, split = select_data(args.data, args.section, args.split, args.set,
+                                      args.max_frames)
+        frames = iter_frames(data_cfg, split=split)
+        progress = None if args.quiet else \
+            (lambda i: print(f'\r[make_bag] {i} frames', end='', flush=True))
+        n = write_bag(frames, args.out, args.storage, args.rate, int(args.start_time * 1e9),
+                      args.frame_id, args.overwrite, progress=progress)
+    except (DataError, ValueError, KeyError, FileExistsError, FileNotFoundError) as exc:
+        print(f'\n[make_bag] error: {exc}', file=sys.stderr)
+        return 2
+    print(f'\n[make_bag] wrote {n} frames ({data_cfg["format"]} {data_cfg["root"]}, split '
+          f'{split}) to {args.out} ({args.storage})', flush=True)
     return 0
 
 

@@ -2,20 +2,15 @@
 
 ``python -m training.replay --bag BAG [--mode timed|lockstep|listen] [--rate 1.0] --out DIR``
 
-It does what ``ros2 bag play`` does, and measures: the recorded image messages are
-published unchanged (the bag's CDR bytes) on the node's input topic, either on the
-recorded timing scaled by ``--rate`` (``timed``) or one at a time, waiting for each answer
-(``lockstep``). Answers on the depth and segmentation topics are matched to inputs by
-header stamp (the node copies the input header), and scored against the bag's
-ground-truth topics with the same metric code as ``training.evaluate``.
+It does what ``ros2 bag play`` does, and measures: the recorded image (and camera_info)
+messages are published unchanged (the bag's CDR bytes) on the node's input topic, either on
+the recorded timing scaled by ``--rate`` (``timed``) or one at a time, waiting for each
+answer (``lockstep``). Answers on the depth and segmentation topics are matched to inputs by
+header stamp (the node copies the input header) and scored against the bag's ground-truth
+topics with ``training.metrics``, the code ``training.evaluate`` uses.
 
-On a real ROS 2 machine use ``--mode listen`` and play the bag yourself::
-
-    ros2 launch sim2real_perception depth_seg.launch.py image_topic:=/camera/image_raw
-    python -m training.replay --bag BAG --mode listen --out outputs/replay &
-    ros2 bag play BAG --topics /camera/image_raw
-
-Ctrl-C stops early and still writes the partial report.
+On a real ROS 2 machine use ``--mode listen`` and play the bag yourself (see README,
+"Replay evaluation"). Ctrl-C stops early and still writes the partial report (exit 130).
 """
 import argparse
 import json
@@ -29,7 +24,15 @@ from pathlib import Path
 import numpy as np
 from rosbags.rosbag2 import Reader
 
+from sim2real_perception.labels import IGNORE_INDEX, NUM_CLASSES
+
 from . import bag_format as bf
+from .data.ros_images import decode, ImageDecodeError, raw_array
+
+MODES = ('timed', 'lockstep', 'listen')
+FIGURE_ROWS = 4
+LOCKSTEP_MAX_MISSES = 3  # consecutive unanswered frames that end a lockstep replay
+RESEND_PERIOD = 2.0  # s; the first lockstep frame is re-sent while discovery settles
 
 
 class ReplayError(RuntimeError):
@@ -38,380 +41,637 @@ class ReplayError(RuntimeError):
 
 @dataclass
 class ReplayOptions:
-    """Everything ``run_replay`` needs; the CLI fills it from ``--help``'s options."""
+    """Everything ``run_replay`` needs; the CLI fills it (see ``--help``)."""
 
     bag: str
     mode: str = 'timed'
     rate: float = 1.0
     image_topic: str = bf.IMAGE_TOPIC
+    camera_info_topic: str = bf.CAMERA_INFO_TOPIC
     publish_topic: str = ''
+    publish_camera_info_topic: str = ''
     depth_topic: str = '/depth'
     labels_topic: str = '/segmentation'
     gt_depth_topic: str = bf.GT_DEPTH_TOPIC
     gt_labels_topic: str = bf.GT_LABELS_TOPIC
+    answer_reliability: str = 'reliable'
     timeout: float = 20.0
+    idle: float = 3.0
+    listen_timeout: float = 300.0
     max_frames: int = 0
     min_depth: float = 1e-3
     max_depth: float = 80.0
+    garg_crop: bool = False
+    median_scaling: bool = False
     out: str = ''
+    progress: bool = True
 
+    def input_topic(self):
+        """Return the topic frames are published on (or heard on, in listen mode)."""
+        return self.publish_topic or self.image_topic
 
-def decode_image(msg):
-    """Decode a rosbags or rclpy Image (32FC1 / mono8 / rgb8), honouring ``step``."""
-    dtypes = {'32FC1': (np.float32, 1), 'mono8': (np.uint8, 1), 'rgb8': (np.uint8, 3)}
-    if msg.encoding not in dtypes:
-        raise ReplayError(f'unsupported encoding {msg.encoding!r} in ground truth/answer')
-    dtype, channels = dtypes[msg.encoding]
-    dtype = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
-    row = msg.width * channels * dtype.itemsize
-    buf = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data,
-                        dtype=np.uint8)
-    if msg.step < row or buf.size < msg.step * msg.height:
-        raise ReplayError(f'{msg.encoding} image {msg.width}x{msg.height}: step {msg.step} '
-                          f'/ {buf.size} bytes is too small')
-    rows = buf[:msg.step * msg.height].reshape(msg.height, msg.step)[:, :row]
-    arr = np.ascontiguousarray(rows).view(dtype).astype(dtype.newbyteorder('='))
-    return arr.reshape(msg.height, msg.width, channels).squeeze(-1) if channels == 1 else \
-        arr.reshape(msg.height, msg.width, channels)
+    def info_topic(self):
+        """Return the camera_info topic to publish on: next to the image topic by default."""
+        if self.publish_camera_info_topic:
+            return self.publish_camera_info_topic
+        if not self.publish_topic:
+            return self.camera_info_topic
+        return self.publish_topic.rsplit('/', 1)[0] + '/camera_info'
 
 
 def stamp_ns(header):
+    """Return a header's stamp as integer nanoseconds (the key that pairs inputs and answers)."""
     return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
 
 
 class RecordedBag:
-    """The image stream and ground truth of a bag, checked up front with clear errors."""
+    """A bag's image stream and ground truth, checked and indexed up front with clear errors.
+
+    Only stamps and recording times are kept in memory; images and ground truth are read
+    from the bag when needed, so long recordings replay in constant memory.
+    """
 
     def __init__(self, opts):
-        path = Path(opts.bag)
-        if not path.exists():
-            raise ReplayError(f'bag not found: {path}')
+        self.path = Path(opts.bag)
+        if not self.path.exists():
+            raise ReplayError(f'bag not found: {self.path}')
         self.ts = bf.typestore()
-        self.reader = Reader(path)
-        try:
-            self.reader.open()
-        except Exception as exc:  # noqa: BLE001 - rosbags raises several types
-            raise ReplayError(f'cannot open bag {path}: {exc}') from exc
-        self.topics = {c.topic: c for c in self.reader.connections}
-        if opts.image_topic not in self.topics:
-            raise ReplayError(f'topic {opts.image_topic} not in bag {path}; it has: '
-                              + ', '.join(f'{t} ({c.msgtype})'
-                                          for t, c in sorted(self.topics.items())))
-        image_type = self.topics[opts.image_topic].msgtype
-        if image_type != bf.IMAGE_TYPE:
-            raise ReplayError(f'topic {opts.image_topic} has unsupported message type '
-                              f'{image_type}; replay sends {bf.IMAGE_TYPE}')
-        self.opts = opts
-        self.frames = []  # (bag time ns, header stamp ns, raw CDR bytes)
-        for conn, t, raw in self.reader.messages([self.topics[opts.image_topic]]):
-            header = self.ts.deserialize_cdr(raw, bf.IMAGE_TYPE).header
-            self.frames.append((t, stamp_ns(header), bytes(raw)))
-            if opts.max_frames and len(self.frames) >= opts.max_frames:
-                break
-        self.gt = {'depth': {}, 'labels': {}}
-        for key, topic in (('depth', opts.gt_depth_topic), ('labels', opts.gt_labels_topic)):
-            if topic and topic in self.topics:
-                for _, _, raw in self.reader.messages([self.topics[topic]]):
-                    msg = self.ts.deserialize_cdr(raw, bf.IMAGE_TYPE)
-                    self.gt[key][stamp_ns(msg.header)] = raw
-        self.reader.close()
+        self.reader = self._open()
+        conns = self.reader.connections
+        self.topics = {}
+        for conn in conns:
+            self.topics.setdefault(conn.topic, conn.msgtype)
+        self.image_conns = self._conns(opts.image_topic, bf.IMAGE_TYPE, required=True)
+        self.info_conns = self._conns(opts.camera_info_topic, bf.CAMERA_INFO_TYPE)
+        self.gt_topics = {'depth': opts.gt_depth_topic, 'labels': opts.gt_labels_topic}
+        self.gt_conns = {role: self._conns(topic, bf.IMAGE_TYPE)
+                         for role, topic in self.gt_topics.items()}
+        self.frames = []  # (recording time ns, header stamp ns), in bag order
+        self.gt = {'depth': {}, 'labels': {}}  # role -> header stamp -> recording time
+        roles = {c.id: role for role, cs in self.gt_conns.items() for c in cs}
+        wanted = self.image_conns + [c for cs in self.gt_conns.values() for c in cs]
+        for conn, logtime, raw in self.reader.messages(connections=wanted):
+            stamp = stamp_ns(self._deserialize(raw, conn).header)
+            if conn.id in roles:
+                self.gt[roles[conn.id]].setdefault(stamp, logtime)
+            elif not opts.max_frames or len(self.frames) < opts.max_frames:
+                self.frames.append((logtime, stamp))
+        if not self.frames:
+            raise ReplayError(f'no messages on {opts.image_topic} in bag {self.path}')
+        self.image_logtime = {stamp: logtime for logtime, stamp in self.frames}
 
-    def ground_truth(self, key, stamp):
-        raw = self.gt[key].get(stamp)
-        if raw is None:
+    def _open(self):
+        try:
+            reader = Reader(self.path)
+            reader.open()
+        except Exception as exc:  # noqa: BLE001 - rosbags raises several types
+            raise ReplayError(f'cannot open bag {self.path}: {exc}') from exc
+        return reader
+
+    def _conns(self, topic, msgtype, required=False):
+        if not topic or topic not in self.topics:
+            if required:
+                raise ReplayError(
+                    f'topic {topic} not in bag {self.path}; it has: '
+                    + ', '.join(f'{t} ({m})' for t, m in sorted(self.topics.items())))
+            return []
+        if self.topics[topic] != msgtype:
+            raise ReplayError(f'topic {topic} in bag {self.path} has unsupported message type '
+                              f'{self.topics[topic]} (replay needs {msgtype})')
+        return [c for c in self.reader.connections if c.topic == topic]
+
+    def _deserialize(self, raw, conn):
+        try:
+            return self.ts.deserialize_cdr(raw, conn.msgtype)
+        except Exception as exc:  # noqa: BLE001 - corrupt CDR
+            raise ReplayError(f'{self.path}: cannot deserialise a {conn.msgtype} message on '
+                              f'{conn.topic}: {exc}') from exc
+
+    def stream(self):
+        """Yield ``(kind, recording time, stamp, CDR bytes)`` of images and camera_info."""
+        reader = self._open()
+        kinds = {c.id: 'image' for c in self.image_conns}
+        kinds.update({c.id: 'camera_info' for c in self.info_conns})
+        last = self.frames[-1][0]
+        sent = 0
+        try:
+            for conn, logtime, raw in reader.messages(
+                    connections=self.image_conns + self.info_conns):
+                kind = kinds[conn.id]
+                if kind == 'image':
+                    if sent == len(self.frames):
+                        break
+                    sent += 1
+                elif logtime > last:
+                    break
+                yield kind, logtime, stamp_ns(self._deserialize(raw, conn).header), bytes(raw)
+        finally:
+            reader.close()
+
+    def _fetch(self, conns, logtime, stamp, role):
+        for conn, _, raw in self.reader.messages(connections=conns, start=logtime,
+                                                 stop=logtime + 1):
+            msg = self._deserialize(raw, conn)
+            if stamp_ns(msg.header) == stamp:
+                try:
+                    return decode(msg, role)
+                except ImageDecodeError as exc:
+                    raise ReplayError(f'{self.path}:{conn.topic} at stamp {stamp}: {exc}') \
+                        from None
+        return None
+
+    def ground_truth(self, role, stamp):
+        """Return the decoded ground truth of a frame (depth: 0 invalid, +inf far), or None."""
+        logtime = self.gt[role].get(stamp)
+        if logtime is None:
             return None
-        img = decode_image(self.ts.deserialize_cdr(raw, bf.IMAGE_TYPE))
-        return bf.depth_from_rep117(img) if key == 'depth' else img
+        return self._fetch(self.gt_conns[role], logtime, stamp, role)
+
+    def image(self, stamp):
+        """Decode the recorded image with this stamp (RGB uint8)."""
+        return self._fetch(self.image_conns, self.image_logtime[stamp], stamp, 'image')
+
+    def close(self):
+        """Close the bag."""
+        self.reader.close()
 
 
 class Collector:
-    """rclpy side: publishes frames and gathers the node's answers by stamp."""
+    """The rclpy side: publishes frames and gathers the node's answers by stamp.
 
-    def __init__(self, opts, listen):
+    It runs in a context of its own, spun by a background thread, so the caller's rclpy
+    state (if any) is untouched, and Ctrl-C stays a plain KeyboardInterrupt.
+    """
+
+    def __init__(self, opts, order):
+        from sim2real_perception import dds
+        dds.apply_default_profile()  # large frames over shared memory; before the participant
         import rclpy
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
-        from sensor_msgs.msg import Image
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import (HistoryPolicy, qos_profile_sensor_data, QoSProfile,
+                               ReliabilityPolicy)
+        from rclpy.signals import SignalHandlerOptions
+        from sensor_msgs.msg import CameraInfo, Image
         self.rclpy = rclpy
-        rclpy.init(args=None)
-        self.node = rclpy.create_node('sim2real_replay')
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node('sim2real_replay', context=self.context)
         self.lock = threading.Lock()
-        self.sent, self.answers, self.seen = {}, {}, {}
-        self.answered = threading.Condition(self.lock)
-        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
+        self.changed = threading.Condition(self.lock)
+        self.index = {stamp: i for i, stamp in enumerate(order)}
+        self.sent = {}       # stamp -> monotonic time it was sent / heard
+        self.answers = {}    # stamp -> {'depth'|'labels': (monotonic time, Image)}
+        self.max_done = -1   # highest bag index answered on both topics
+        self.n_answers = 0   # answer messages received (any topic)
+        self.last_event = time.monotonic()
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                               reliability=ReliabilityPolicy.RELIABLE)
-        self.pub = None
-        if listen:
-            self.node.create_subscription(Image, opts.image_topic, self._on_input,
+        self.topics = {'depth': opts.depth_topic, 'labels': opts.labels_topic}
+        self.pub = self.info_pub = None
+        if opts.mode == 'listen':
+            self.node.create_subscription(Image, opts.input_topic(), self._on_input,
                                           qos_profile_sensor_data)
         else:
-            self.pub = self.node.create_publisher(Image, opts.publish_topic or opts.image_topic,
-                                                  reliable)
-        self.topics = {'depth': opts.depth_topic, 'labels': opts.labels_topic}
-        for key, topic in self.topics.items():
-            self.node.create_subscription(Image, topic, self._on_answer(key), reliable)
-        from rclpy.executors import SingleThreadedExecutor
-        self.executor = SingleThreadedExecutor()
+            self.pub = self.node.create_publisher(Image, opts.input_topic(), reliable)
+            self.info_pub = self.node.create_publisher(CameraInfo, opts.info_topic(), reliable)
+        answer_qos = reliable if opts.answer_reliability == 'reliable' else \
+            qos_profile_sensor_data
+        self.subs = [self.node.create_subscription(Image, topic, self._on_answer(key),
+                                                   answer_qos)
+                     for key, topic in self.topics.items()]
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.running = True
+        self.thread = threading.Thread(target=self._spin, name='replay_spin', daemon=True)
         self.thread.start()
 
     def _spin(self):
-        while self.running and self.rclpy.ok():
+        while self.running and self.context.ok():
             self.executor.spin_once(timeout_sec=0.05)
 
     def _on_input(self, msg):
-        with self.lock:
+        with self.changed:
             self.sent.setdefault(stamp_ns(msg.header), time.monotonic())
+            self.last_event = time.monotonic()
+            self.changed.notify_all()
 
     def _on_answer(self, key):
         def callback(msg):
             now = time.monotonic()
-            with self.lock:
-                entry = self.answers.setdefault(stamp_ns(msg.header), {})
-                entry[key] = (now, decode_image(msg))
-                self.answered.notify_all()
+            stamp = stamp_ns(msg.header)
+            with self.changed:
+                entry = self.answers.setdefault(stamp, {})
+                entry.setdefault(key, (now, msg))
+                self.n_answers += 1
+                self.last_event = now
+                if len(entry) == len(self.topics) and stamp in self.index:
+                    self.max_done = max(self.max_done, self.index[stamp])
+                self.changed.notify_all()
         return callback
 
     def wait_for_node(self, timeout):
-        """Block until the node subscribes to our input topic (publishing modes)."""
+        """Block until the node subscribes to our input and publishes the answer topics."""
         deadline = time.monotonic() + timeout
         while self.pub.get_subscription_count() == 0:
             if time.monotonic() > deadline:
-                raise ReplayError(f'no subscriber on {self.pub.topic_name} after {timeout:.0f}s '
-                                  '(is depth_seg_node running with that input topic?)')
+                raise ReplayError(
+                    f'no subscriber on {self.pub.topic_name} after {timeout:g} s: is '
+                    f'depth_seg_node running with its input remapped there '
+                    f'(-r image:={self.pub.topic_name})?')
             time.sleep(0.05)
-        # Discovery is not instantaneous for the answer topics either.
-        while min(self.node.count_publishers(t) for t in self.topics.values()) == 0:
-            if time.monotonic() > deadline:
-                raise ReplayError('no publisher on ' + ' / '.join(self.topics.values())
-                                  + f' after {timeout:.0f}s')
-            time.sleep(0.05)
+        for sub in self.subs:
+            while sub.get_publisher_count() == 0:
+                if time.monotonic() > deadline:
+                    raise ReplayError(f'no publisher on {sub.topic_name} after {timeout:g} s '
+                                      '(does the node publish there?)')
+                time.sleep(0.05)
+        time.sleep(0.3)  # let the node's side of the new connections settle too
 
-    def publish(self, stamp, raw):
+    def publish(self, kind, stamp, raw):
+        """Publish recorded bytes; images are timed from here."""
+        if kind == 'camera_info':
+            self.info_pub.publish(raw)
+            return
         with self.lock:
             self.sent[stamp] = time.monotonic()
         self.pub.publish(raw)
 
     def complete(self, stamp):
-        return len(self.answers.get(stamp, {})) == len(self.topics)
+        """Tell whether both answers for ``stamp`` arrived (call with the lock held)."""
+        return len(self.answers.get(stamp, ())) == len(self.topics)
 
-    def wait_answer(self, stamp, timeout):
-        with self.answered:
-            return self.answered.wait_for(lambda: self.complete(stamp), timeout)
+    def missing(self, stamp):
+        """Name the answer topics that have nothing for ``stamp`` yet."""
+        with self.lock:
+            got = self.answers.get(stamp, {})
+            return [t for k, t in self.topics.items() if k not in got]
+
+    def wait(self, predicate, timeout):
+        """Wait until ``predicate()`` holds (evaluated with the lock held) or time runs out."""
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout)
 
     def close(self):
+        """Stop spinning and shut the context down."""
         self.running = False
-        self.thread.join(timeout=2)
+        self.thread.join(timeout=2.0)
+        self.executor.shutdown()
         self.node.destroy_node()
-        self.rclpy.try_shutdown()
+        self.rclpy.try_shutdown(context=self.context)
 
 
-def _send(opts, bag, col):
-    """Publish the frames per mode; returns wall-clock seconds spent."""
-    t0 = time.monotonic()
-    if opts.mode == 'lockstep':
-        for i, (_, stamp, raw) in enumerate(bag.frames):
-            col.publish(stamp, raw)
-            if not col.wait_answer(stamp, opts.timeout):
-                if i == 0:
-                    raise ReplayError(f'depth_seg_node did not answer the first frame on '
-                                      f'{opts.depth_topic} and {opts.labels_topic} within '
-                                      f'{opts.timeout:.0f}s')
-    else:
-        bag_t0 = bag.frames[0][0]
-        for bag_t, stamp, raw in bag.frames:
-            delay = t0 + (bag_t - bag_t0) / 1e9 / opts.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            col.publish(stamp, raw)
-    return time.monotonic() - t0
+class Scorer:
+    """Score answered frames in bag order against ground truth, as they arrive.
+
+    Frames are scored in bag order so the metric sums accumulate exactly as an offline
+    evaluation over the same frames does; answers are freed once scored.
+    """
+
+    def __init__(self, opts, bag, col=None):
+        from .metrics import DepthMetrics, SegMetrics
+        self.opts, self.bag, self.col = opts, bag, col
+        self.depth = DepthMetrics(min_depth=opts.min_depth, max_depth=opts.max_depth,
+                                  garg_crop=opts.garg_crop, median_scaling=opts.median_scaling)
+        self.seg = SegMetrics(num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX)
+        self.order = [stamp for _, stamp in bag.frames]
+        n = len(self.order)
+        self.picks = {self.order[i * n // FIGURE_ROWS] for i in range(min(FIGURE_ROWS, n))}
+        self.kept = {}
+        self.next = 0
+        self.answered, self.dropped, self.latencies = [], [], []
+        self.n_depth = self.n_seg = 0
+        self.first_sent = self.last_answer = None
+        self.every = max(1, n // 10)
+
+    def advance(self, final=False):
+        """Score every frame that is settled (answered, or given up on when ``final``)."""
+        col = self.col
+        while self.next < len(self.order):
+            stamp = self.order[self.next]
+            with col.lock:
+                complete = col.complete(stamp)
+                was_sent = stamp in col.sent
+                passed = self.next < col.max_done
+                entry = col.answers.pop(stamp, None) if complete or passed or final else None
+                sent_at = col.sent.get(stamp)
+            if complete:
+                self._score(stamp, entry, sent_at)
+            elif passed or final:
+                if was_sent:
+                    self.dropped.append(stamp)
+            else:
+                return
+            self.next += 1
+
+    def _score(self, stamp, entry, sent_at):
+        depth, labels = raw_array(entry['depth'][1]), raw_array(entry['labels'][1])
+        done = max(t for t, _ in entry.values())
+        if sent_at is not None:
+            self.latencies.append(done - sent_at)
+            self.first_sent = sent_at if self.first_sent is None else \
+                min(self.first_sent, sent_at)
+        self.last_answer = done if self.last_answer is None else max(self.last_answer, done)
+        gt_depth = self.bag.ground_truth('depth', stamp)
+        if gt_depth is not None:
+            self.depth.update(depth, gt_depth)
+            self.n_depth += 1
+        gt_labels = self.bag.ground_truth('labels', stamp)
+        if gt_labels is not None:
+            self.seg.update(labels, gt_labels)
+            self.n_seg += 1
+        if stamp in self.picks:
+            self.kept[stamp] = (depth, labels)
+        self.answered.append(stamp)
+        n = len(self.answered)
+        if self.opts.progress and (n % self.every == 0 or n == 1 or n == len(self.order)):
+            with self.col.lock:
+                sent = len(self.col.sent)
+            print(f'[replay] {n}/{len(self.order)} answered ({sent} sent, '
+                  f'{len(self.dropped)} dropped), last latency '
+                  f'{self.latencies[-1] * 1000 if self.latencies else float("nan"):.0f} ms',
+                  flush=True)
+
+    def metrics(self):
+        """Return the depth and segmentation metric dicts (None without ground truth)."""
+        return {'depth': self.depth.compute() if self.n_depth else None,
+                'depth_frames': self.n_depth,
+                'segmentation': self.seg.compute() if self.n_seg else None,
+                'segmentation_frames': self.n_seg}
 
 
-def _wait_tail(opts, bag, col, stamps):
-    """After the last frame, wait until answers stop arriving (or all frames answered)."""
-    last_count, last_change = -1, time.monotonic()
-    idle = min(opts.timeout, 5.0) if opts.mode != 'listen' else opts.timeout
-    while time.monotonic() - last_change < idle:
+def _send(opts, bag, col, scorer):
+    """Publish the recording per mode; return an error message if the node stopped answering."""
+    t0 = None
+    misses = 0
+    n_images = 0
+    for kind, logtime, stamp, raw in bag.stream():
+        if opts.mode == 'timed':
+            t0 = (time.monotonic(), logtime) if t0 is None else t0
+            target = t0[0] + (logtime - t0[1]) / 1e9 / opts.rate
+            while time.monotonic() < target:
+                scorer.advance()
+                time.sleep(min(0.02, max(0.0, target - time.monotonic())))
+        col.publish(kind, stamp, raw)
+        if kind != 'image':
+            continue
+        n_images += 1
+        if opts.mode == 'lockstep':
+            ok = col.wait(lambda s=stamp: col.complete(s), opts.timeout
+                          if n_images > 1 else RESEND_PERIOD)
+            waited = RESEND_PERIOD
+            while not ok and n_images == 1 and waited < opts.timeout:
+                col.publish(kind, stamp, raw)  # first frame: discovery may still be settling
+                step = min(RESEND_PERIOD, opts.timeout - waited)
+                ok = col.wait(lambda s=stamp: col.complete(s), step)
+                waited += step
+            if not ok:
+                missing = ' and '.join(col.missing(stamp))
+                msg = (f'depth_seg_node did not answer frame {n_images} (stamp {stamp}) within '
+                       f'{opts.timeout:g} s: nothing on {missing} (waited on '
+                       f'{opts.depth_topic} and {opts.labels_topic}, sent on '
+                       f'{opts.input_topic()})')
+                if n_images == 1:
+                    raise ReplayError(msg)
+                print(f'[replay] warning: {msg}', file=sys.stderr, flush=True)
+                misses += 1
+                if misses >= LOCKSTEP_MAX_MISSES:
+                    return f'stopped after {misses} unanswered frames in a row: {msg}'
+            else:
+                misses = 0
+        scorer.advance()
+    return None
+
+
+def _wait_until_idle(opts, col, scorer, first_timeout=None):
+    """Wait until every sent frame is answered or answers stop arriving for ``idle`` s."""
+    if first_timeout is not None:  # listen: the user starts `ros2 bag play` now
+        if not col.wait(lambda: bool(col.sent), first_timeout):
+            raise ReplayError(f'nothing heard on {opts.input_topic()} within '
+                              f'{first_timeout:g} s (is `ros2 bag play` running?)')
+        if not col.wait(lambda: col.n_answers > 0, opts.timeout):
+            raise ReplayError(f'frames arrive on {opts.input_topic()} but nothing on '
+                              f'{opts.depth_topic} / {opts.labels_topic} within '
+                              f'{opts.timeout:g} s (is depth_seg_node running?)')
+    while True:
+        scorer.advance()
         with col.lock:
-            done = sum(col.complete(s) for s in stamps)
-            count = len(col.answers)
-        if done == len(stamps):
+            target = len(scorer.order) if opts.mode == 'listen' else len(col.sent)
+            quiet = time.monotonic() - col.last_event
+        if scorer.next >= target or quiet >= opts.idle:
             return
-        if count != last_count:
-            last_count, last_change = count, time.monotonic()
         time.sleep(0.05)
 
 
 def _percentiles(values):
     if not values:
-        return {'p50': None, 'p90': None, 'p99': None, 'mean': None}
+        return {'p50': None, 'p90': None, 'p99': None, 'mean': None, 'max': None}
     arr = np.asarray(values) * 1000.0
     return {'p50': float(np.percentile(arr, 50)), 'p90': float(np.percentile(arr, 90)),
-            'p99': float(np.percentile(arr, 99)), 'mean': float(arr.mean())}
+            'p99': float(np.percentile(arr, 99)), 'mean': float(arr.mean()),
+            'max': float(arr.max())}
 
 
-def score(opts, bag, answers, stamps):
-    """Depth and segmentation metrics of the answered frames against the bag's GT."""
-    from .metrics import DepthMetrics, SegMetrics
-    depth_m = DepthMetrics(min_depth=opts.min_depth, max_depth=opts.max_depth)
-    seg_m = SegMetrics()
-    n_depth = n_seg = 0
-    for stamp in stamps:
-        ans = answers.get(stamp, {})
-        gt_depth = bag.ground_truth('depth', stamp)
-        if 'depth' in ans and gt_depth is not None:
-            depth_m.update(ans['depth'][1], gt_depth)
-            n_depth += 1
-        gt_labels = bag.ground_truth('labels', stamp)
-        if 'labels' in ans and gt_labels is not None:
-            seg_m.update(ans['labels'][1], gt_labels)
-            n_seg += 1
-    return {'depth': depth_m.compute() if n_depth else None, 'depth_frames': n_depth,
-            'segmentation': seg_m.compute() if n_seg else None, 'segmentation_frames': n_seg}
+def _check_options(opts):
+    if opts.mode not in MODES:
+        raise ReplayError(f'mode {opts.mode!r} not in {"|".join(MODES)}')
+    if opts.rate <= 0:
+        raise ReplayError('--rate must be positive')
+    if opts.timeout <= 0 or opts.idle <= 0:
+        raise ReplayError('--timeout and --idle must be positive')
+    if opts.answer_reliability not in ('reliable', 'best_effort'):
+        raise ReplayError('--answer-reliability must be reliable or best_effort')
 
 
 def run_replay(opts):
-    """Replay (or listen), then return the report dict; KeyboardInterrupt gives a partial one."""
-    if opts.mode not in ('timed', 'lockstep', 'listen'):
-        raise ReplayError(f'mode {opts.mode!r} not in timed|lockstep|listen')
-    if opts.rate <= 0:
-        raise ReplayError('rate must be positive')
+    """Replay (or listen), score, write outputs; return the report dict.
+
+    Ctrl-C (KeyboardInterrupt) ends the run early with a partial report
+    (``report['interrupted']``). Raises ReplayError for problems the user must fix.
+    """
+    _check_options(opts)
     bag = RecordedBag(opts)
-    if not bag.frames:
-        raise ReplayError(f'no messages on {opts.image_topic} in {opts.bag}')
-    col = Collector(opts, listen=opts.mode == 'listen')
-    interrupted = False
-    wall = 0.0
-    stamps = [s for _, s, _ in bag.frames]
+    order = [stamp for _, stamp in bag.frames]
+    scorer = Scorer(opts, bag)
+    col = scorer.col = Collector(opts, order)
+    interrupted, error = False, None
+    t0 = time.monotonic()
     try:
-        t0 = time.monotonic()
         if opts.mode == 'listen':
-            print(f'[replay] listening on {opts.image_topic}, {opts.depth_topic}, '
-                  f'{opts.labels_topic}; play the bag now (Ctrl-C to stop)', flush=True)
-            with col.answered:
-                if not col.answered.wait_for(lambda: bool(col.answers), opts.timeout):
-                    raise ReplayError(f'no answer on {opts.depth_topic} / {opts.labels_topic} '
-                                      f'within {opts.timeout:.0f}s')
+            if opts.progress:
+                print(f'[replay] listening on {opts.input_topic()} -> {opts.depth_topic}, '
+                      f'{opts.labels_topic}; play the bag now (Ctrl-C to stop)', flush=True)
+            _wait_until_idle(opts, col, scorer, first_timeout=opts.listen_timeout)
         else:
             col.wait_for_node(opts.timeout)
-            _send(opts, bag, col)
-        _wait_tail(opts, bag, col, stamps)
-        wall = time.monotonic() - t0
+            if opts.progress:
+                print(f'[replay] node found; {opts.mode} replay of {len(order)} frames on '
+                      f'{opts.input_topic()}', flush=True)
+            error = _send(opts, bag, col, scorer)
+            _wait_until_idle(opts, col, scorer)
     except KeyboardInterrupt:
         interrupted = True
-        wall = time.monotonic() - t0
-        print('\n[replay] interrupted: partial report', file=sys.stderr)
+        print('\n[replay] interrupted: partial report', file=sys.stderr, flush=True)
     finally:
         col.close()
-    with col.lock:
-        answers = {s: dict(a) for s, a in col.answers.items()}
-        sent = dict(col.sent)
-    answered = [s for s in stamps if len(answers.get(s, {})) == 2]
-    latencies = [max(t for t, _ in answers[s].values()) - sent[s]
-                 for s in answered if s in sent]
-    n_sent = len(sent) if opts.mode != 'listen' else len(sent) or len(stamps)
+    wall = time.monotonic() - t0
+    scorer.advance(final=True)
+    n_sent = len(col.sent)
+    span = (scorer.last_answer - scorer.first_sent) if scorer.latencies else 0.0
+    n = len(scorer.answered)
     report = {
         'bag': str(opts.bag), 'mode': opts.mode, 'rate_factor': opts.rate,
-        'interrupted': interrupted,
-        'frames_in_bag': len(stamps), 'frames_sent': n_sent, 'frames_answered': len(answered),
-        'frames_dropped': max(n_sent - len(answered), 0),
-        'latency_ms': _percentiles(latencies),
-        'achieved_rate_hz': len(answered) / wall if wall > 0 else 0.0,
+        'input_topic': opts.input_topic(),
+        'answer_topics': [opts.depth_topic, opts.labels_topic],
+        'ground_truth_topics': {r: t for r, t in bag.gt_topics.items() if bag.gt[r]},
+        'interrupted': interrupted, 'error': error,
+        'frames_in_bag': len(order), 'frames_sent': n_sent, 'frames_answered': n,
+        'frames_dropped': max(n_sent - n, 0),
+        'latency_ms': _percentiles(scorer.latencies),
+        'achieved_rate_hz': (n - 1) / span if n > 1 and span > 0 else 0.0,
         'wall_s': wall,
         'options': asdict(opts),
     }
-    report.update(score(opts, bag, answers, answered))
+    report.update(scorer.metrics())
     if opts.out:
-        write_outputs(report, bag, answers, answered, Path(opts.out))
+        write_outputs(report, bag, scorer, Path(opts.out))
+    bag.close()
     return report
 
 
-def write_outputs(report, bag, answers, answered, out):
+def write_outputs(report, bag, scorer, out):
+    """Write ``replay.json`` and ``replay.png`` (input, depth and labels vs ground truth)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / 'replay.json').write_text(json.dumps(report, indent=2, default=_json_default))
-    picks = answered[:: max(1, len(answered) // 4)][:4]
     rows = []
-    for stamp in picks:
-        raw = next(r for _, s, r in bag.frames if s == stamp)
-        image = decode_image(bag.ts.deserialize_cdr(raw, bf.IMAGE_TYPE))
-        rows.append((image, answers[stamp]['depth'][1], bag.ground_truth('depth', stamp),
-                     answers[stamp]['labels'][1], bag.ground_truth('labels', stamp)))
+    for stamp in sorted(scorer.kept, key=scorer.order.index):
+        depth, labels = scorer.kept[stamp]
+        rows.append((bag.image(stamp), depth, bag.ground_truth('depth', stamp), labels,
+                     bag.ground_truth('labels', stamp)))
     if rows:
         from .figures import save_prediction_grid
-        save_prediction_grid(out / 'replay.png', rows)
-        report['figure'] = str(out / 'replay.png')
+        report['figure'] = str(save_prediction_grid(out / 'replay.png', rows))
+    report['json'] = str(out / 'replay.json')
+    (out / 'replay.json').write_text(json.dumps(_clean(report), indent=2,
+                                                default=_json_default, allow_nan=False))
 
 
 def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
         return obj.item()
-    if isinstance(obj, float) and math.isnan(obj):
+    raise TypeError(f'{type(obj).__name__} is not JSON serialisable')
+
+
+def _clean(value):
+    """Replace NaN/inf (not JSON) by None, recursively."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
         return None
-    raise TypeError(type(obj))
+    return value
 
 
 def format_report(report):
+    """Return the human-readable summary table of a replay report."""
     lat = report['latency_ms']
     lines = [
-        f'Replay of {report["bag"]} ({report["mode"]}, rate x{report["rate_factor"]})'
-        + (' - INTERRUPTED, partial' if report['interrupted'] else ''),
-        f'  frames: {report["frames_in_bag"]} in bag, {report["frames_sent"]} sent, '
+        f'Replay of {report["bag"]} ({report["mode"]}'
+        + (f', rate x{report["rate_factor"]:g}' if report['mode'] == 'timed' else '') + ')'
+        + (' - INTERRUPTED, partial report' if report['interrupted'] else ''),
+        f'  frames      {report["frames_in_bag"]} in bag, {report["frames_sent"]} sent, '
         f'{report["frames_answered"]} answered, {report["frames_dropped"]} dropped',
-        '  latency ms: ' + (f'p50 {lat["p50"]:.1f}  p90 {lat["p90"]:.1f}  p99 {lat["p99"]:.1f}'
+        '  latency ms  ' + (f'p50 {lat["p50"]:.1f}  p90 {lat["p90"]:.1f}  p99 {lat["p99"]:.1f}'
                             if lat['p50'] is not None else 'n/a'),
-        f'  achieved rate: {report["achieved_rate_hz"]:.2f} Hz over {report["wall_s"]:.1f} s',
+        f'  rate        {report["achieved_rate_hz"]:.2f} Hz answered '
+        f'({report["wall_s"]:.1f} s wall)',
     ]
-    if report.get('depth'):
-        d = report['depth']
-        lines.append(f'  depth ({report["depth_frames"]} frames): AbsRel {d["abs_rel"]:.3f}  '
-                     f'SqRel {d["sq_rel"]:.3f}  RMSE {d["rmse"]:.3f}  '
-                     f'RMSElog {d["rmse_log"]:.3f}  d1 {d["a1"]:.3f}')
-    if report.get('segmentation'):
-        s = report['segmentation']
-        lines.append(f'  segmentation ({report["segmentation_frames"]} frames): '
-                     f'mIoU {s["miou"]:.3f}  pixel acc {s["pixel_acc"]:.3f}')
-    if report.get('figure'):
-        lines.append(f'  figure: {report["figure"]}')
+    d = report.get('depth')
+    if d:
+        lines.append(f'  depth       AbsRel {d["abs_rel"]:.4f}  SqRel {d["sq_rel"]:.4f}  '
+                     f'RMSE {d["rmse"]:.3f}  RMSElog {d["rmse_log"]:.4f}  d<1.25 {d["a1"]:.4f}'
+                     f'  ({report["depth_frames"]} frames)')
+    s = report.get('segmentation')
+    if s:
+        lines.append(f'  segment.    mIoU {s["miou"]:.4f}  pixel acc {s["pixel_acc"]:.4f}  '
+                     f'({report["segmentation_frames"]} frames)')
+    if not d and not s:
+        lines.append('  metrics     none (no ground-truth topics in the bag)')
+    if report.get('error'):
+        lines.append(f'  error       {report["error"]}')
+    for key in ('json', 'figure'):
+        if report.get(key):
+            lines.append(f'  {key:<11} {report[key]}')
     return '\n'.join(lines)
 
 
 def build_parser():
+    """Return the CLI parser (every option documented in ``--help``)."""
     d = ReplayOptions(bag='')
-    p = argparse.ArgumentParser(prog='python -m training.replay',
-                                description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog='python -m training.replay', description=__doc__.split('\n\n')[0],
+        epilog='Exit status: 0 done, 2 error (message on stderr), 130 interrupted (partial '
+               'report written). Set ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST to keep DDS on '
+               'this machine.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--bag', required=True, help='rosbag2 directory (mcap or sqlite3)')
-    p.add_argument('--mode', default=d.mode, choices=['timed', 'lockstep', 'listen'],
-                   help='timed: recorded timing / rate; lockstep: wait for each answer; '
-                        'listen: you run `ros2 bag play` yourself')
-    p.add_argument('--rate', type=float, default=d.rate, help='speed factor for timed mode')
+    p.add_argument('--mode', default=d.mode, choices=MODES,
+                   help='timed: recorded timing / --rate; lockstep: send a frame, wait for '
+                        'its answer, send the next; listen: you run `ros2 bag play` yourself')
+    p.add_argument('--rate', type=float, default=d.rate,
+                   help='timed mode: speed factor on the recorded timing')
     p.add_argument('--image-topic', default=d.image_topic, help='image topic in the bag')
+    p.add_argument('--camera-info-topic', default=d.camera_info_topic,
+                   help='camera_info topic in the bag (published along when present)')
     p.add_argument('--publish-topic', default='',
-                   help='topic to publish frames on (default: same as --image-topic)')
+                   help='topic the node listens on (default: --image-topic); in listen mode '
+                        'the topic `ros2 bag play` publishes on')
+    p.add_argument('--publish-camera-info-topic', default='',
+                   help='where camera_info goes (default: next to --publish-topic)')
     p.add_argument('--depth-topic', default=d.depth_topic, help="node's depth output topic")
-    p.add_argument('--labels-topic', default=d.labels_topic, help="node's label output topic")
-    p.add_argument('--gt-depth-topic', default=d.gt_depth_topic)
-    p.add_argument('--gt-labels-topic', default=d.gt_labels_topic)
+    p.add_argument('--labels-topic', default=d.labels_topic,
+                   help="node's segmentation (mono8 class ids) output topic")
+    p.add_argument('--gt-depth-topic', default=d.gt_depth_topic,
+                   help='ground-truth depth topic in the bag (32FC1 m or 16UC1 mm)')
+    p.add_argument('--gt-labels-topic', default=d.gt_labels_topic,
+                   help='ground-truth label topic in the bag (mono8 class ids, 255 ignore)')
+    p.add_argument('--answer-reliability', default=d.answer_reliability,
+                   choices=['reliable', 'best_effort'],
+                   help='QoS of our answer subscriptions (best_effort for a best-effort node)')
     p.add_argument('--timeout', type=float, default=d.timeout,
-                   help='seconds to wait for the node / for answers')
-    p.add_argument('--max-frames', type=int, default=0, help='0 = all')
-    p.add_argument('--min-depth', type=float, default=d.min_depth, help='metric lower cap (m)')
-    p.add_argument('--max-depth', type=float, default=d.max_depth, help='metric upper cap (m)')
+                   help='seconds to wait for the node to appear and for each answer')
+    p.add_argument('--idle', type=float, default=d.idle,
+                   help='after the last frame: stop when no answer came for this many seconds')
+    p.add_argument('--listen-timeout', type=float, default=d.listen_timeout,
+                   help='listen mode: seconds to wait for the first frame from `ros2 bag play`')
+    p.add_argument('--max-frames', type=int, default=0, help='replay the first N frames; 0 = all')
+    p.add_argument('--min-depth', type=float, default=d.min_depth,
+                   help='depth metrics: lower cap (m), as training.evaluate')
+    p.add_argument('--max-depth', type=float, default=d.max_depth,
+                   help='depth metrics: upper cap (m); ground truth beyond it is ignored')
+    p.add_argument('--garg-crop', action='store_true', help='depth metrics: Garg/Eigen crop')
+    p.add_argument('--median-scaling', action='store_true',
+                   help='depth metrics: scale each prediction by median(gt)/median(pred)')
     p.add_argument('--out', default='', help='directory for replay.json and replay.png')
+    p.add_argument('--quiet', action='store_true', help='no progress lines')
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    opts = ReplayOptions(**{k: v for k, v in vars(args).items()})
+    """Run the CLI; return the exit status."""
+    args = vars(build_parser().parse_args(argv))
+    args['progress'] = not args.pop('quiet')
+    opts = ReplayOptions(**args)
     try:
         report = run_replay(opts)
     except ReplayError as exc:
         print(f'[replay] error: {exc}', file=sys.stderr)
         return 2
-    print(format_report(report))
-    return 130 if report['interrupted'] else 0
+    print(format_report(report), flush=True)
+    if report['interrupted']:
+        return 130
+    return 2 if report['error'] else 0
 
 
 if __name__ == '__main__':

@@ -1,12 +1,16 @@
 """Re-runnable pipeline steps: each records what it ran, and is skipped when done.
 
-A step is done when its ``.done.json`` marker exists with the same command line; changing
-the arguments, or ``--fresh``, runs it again. Markers are written only after success, so a
-killed main job resumes at the step it was in.
+A step is done when its ``steps/<name>.done.json`` marker holds the same key (its command
+line, or the key an in-process step gives). Markers are written only after success, so a
+killed job resumes at the step it was in. Once a step really runs, every later step runs
+too (its inputs changed); ``fresh`` redoes everything. A step that re-runs because its key
+or an earlier step changed starts from clean outputs; one that was merely interrupted may
+resume (``resume_args``).
 """
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -14,69 +18,130 @@ from pathlib import Path
 
 
 class StepFailed(RuntimeError):
-    """A pipeline step exited non-zero; the message names the step and its log."""
+    """A pipeline step failed; the message names the step and its log."""
 
 
 class Pipeline:
     """Run numbered steps with progress lines, timings and a log file per step."""
 
-    def __init__(self, workdir, fresh=False, total=None, env=None):
+    def __init__(self, workdir, fresh=False, total=None, env=None, prefix='main_job'):
         self.workdir = Path(workdir)
         self.marks = self.workdir / 'steps'
         self.marks.mkdir(parents=True, exist_ok=True)
-        self.fresh = fresh
+        self.fresh = bool(fresh)
+        self.dirty = False  # an earlier step ran in this invocation
         self.total = total
         self.index = 0
+        self.prefix = prefix
         self.timings = {}
+        self.reused = []
+        self.t0 = time.monotonic()
         self.env = {**os.environ, **(env or {})}
 
-    def _marker(self, name):
-        return self.marks / f'{name}.done.json'
+    def _marker(self, name, kind='done'):
+        return self.marks / f'{name}.{kind}.json'
 
     def _announce(self, name, text):
         self.index += 1
         total = f'/{self.total}' if self.total else ''
-        print(f'\n[main_job {self.index}{total}] {name}: {text}', flush=True)
+        elapsed = time.monotonic() - self.t0
+        print(f'\n[{self.prefix} {self.index}{total}] {name}: {text}  (t+{elapsed:.0f} s)',
+              flush=True)
+
+    def _read(self, name, kind):
+        try:
+            return json.loads(self._marker(name, kind).read_text())
+        except (OSError, ValueError):
+            return None
 
     def done(self, name, key):
-        marker = self._marker(name)
-        if self.fresh or not marker.is_file():
+        """Tell whether ``name`` finished earlier with ``key`` (and nothing before it re-ran)."""
+        if self.fresh or self.dirty:
             return False
-        try:
-            return json.loads(marker.read_text()).get('key') == key
-        except ValueError:
-            return False
+        record = self._read(name, 'done')
+        return record is not None and record.get('key') == key
 
-    def run(self, name, argv, description, env=None):
-        """Run ``argv`` (a python -m ... list) unless already done; stream its output."""
+    def _prepare(self, name, key, outputs):
+        """Start a step: clean its outputs unless it only resumes an interrupted run.
+
+        Return True when resuming is safe (same key, nothing upstream changed).
+        """
+        started = self._read(name, 'started')
+        resumable = not (self.fresh or self.dirty) and started is not None and \
+            started.get('key') == key
+        if not resumable:
+            for path in outputs:
+                path = Path(path).resolve()
+                if self.workdir.resolve() not in path.parents:
+                    raise ValueError(f'refusing to clean {path}: outside {self.workdir}')
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        self._marker(name, 'done').unlink(missing_ok=True)
+        self._marker(name, 'started').write_text(json.dumps({'key': key}))
+        self.dirty = True
+        return resumable
+
+    def _finish(self, name, key, result=None):
+        self.timings[name] = time.monotonic() - self._start
+        self._marker(name, 'done').write_text(json.dumps(
+            {'key': key, 'seconds': self.timings[name], 'result': result}, indent=1))
+        print(f'  done in {self.timings[name]:.0f} s', flush=True)
+
+    def run(self, name, argv, description, outputs=(), resume_args=(), env=None):
+        """Run ``argv`` unless done; stream its output with a prefix and into a log file.
+
+        ``outputs`` are removed before a clean run; ``resume_args`` are appended when the
+        step was interrupted before (same command, nothing upstream changed).
+        """
+        argv = [str(a) for a in argv]
         key = shlex.join(argv)
         self._announce(name, description)
         if self.done(name, key):
             print(f'  reused (done earlier; --fresh to redo): {key}', flush=True)
             self.timings[name] = 0.0
+            self.reused.append(name)
             return
-        print(f'  $ {key}', flush=True)
+        if self._prepare(name, key, outputs) and resume_args:
+            argv = argv + [str(a) for a in resume_args]
+        print(f'  $ {shlex.join(argv)}', flush=True)
         log = self.marks / f'{name}.log'
-        t0 = time.monotonic()
+        self._start = time.monotonic()
         with open(log, 'w', encoding='utf-8') as fh:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     env={**self.env, **(env or {})}, text=True, bufsize=1)
-            for line in proc.stdout:
-                fh.write(line)
-                sys.stdout.write('  | ' + line)
-                sys.stdout.flush()
-            rc = proc.wait()
-        self.timings[name] = time.monotonic() - t0
+            try:
+                for line in proc.stdout:
+                    fh.write(line)
+                    sys.stdout.write('  | ' + line)
+                    sys.stdout.flush()
+                rc = proc.wait()
+            except BaseException:
+                proc.terminate()
+                proc.wait(timeout=30)
+                raise
         if rc != 0:
             raise StepFailed(f'step {name!r} failed with exit code {rc}; log: {log}')
-        self._marker(name).write_text(json.dumps({'key': key, 'seconds': self.timings[name]}))
-        print(f'  done in {self.timings[name]:.0f} s', flush=True)
+        self._finish(name, key)
 
-    def call(self, name, description, fn):
-        """Run an in-process step (always; used for the parts that must be fresh)."""
+    def step(self, name, key, description, fn, outputs=()):
+        """Run the in-process step ``fn()`` unless done; its JSON-able result is kept.
+
+        A reused step returns the result recorded when it ran.
+        """
         self._announce(name, description)
-        t0 = time.monotonic()
+        if self.done(name, key):
+            print('  reused (done earlier; --fresh to redo)', flush=True)
+            self.timings[name] = 0.0
+            self.reused.append(name)
+            return self._read(name, 'done').get('result')
+        self._prepare(name, key, outputs)
+        self._start = time.monotonic()
         result = fn()
-        self.timings[name] = time.monotonic() - t0
-        print(f'  done in {self.timings[name]:.0f} s', flush=True)
+        self._finish(name, key, result)
         return result
+
+    def elapsed(self):
+        """Return seconds since the pipeline started."""
+        return time.monotonic() - self.t0

@@ -3,10 +3,26 @@
 ``build_dataset`` gives training its torch ``Dataset``; ``iter_frames`` gives tools plain
 reader frames; ``open_source`` gives the reader itself. See ``data_config.DEFAULTS`` for the
 keys of a ``data.<section>`` config dict.
-"""
-from .data_config import DEFAULTS, FORMATS, open_source, resolve, select_indices
-from .dataset import FrameDataset, build_dataset, iter_frames, to_tensors
-from .image_files import DataError
 
-__all__ = ['DEFAULTS', 'FORMATS', 'DataError', 'FrameDataset', 'build_dataset', 'iter_frames',
-           'open_source', 'resolve', 'select_indices', 'to_tensors']
+Names are imported lazily so that the procedural generator and its worker processes do not
+pay for importing torch.
+"""
+import importlib
+
+_EXPORTS = {
+    'DEFAULTS': 'data_config', 'FORMATS': 'data_config', 'open_source': 'data_config',
+    'resolve': 'data_config', 'select_indices': 'data_config',
+    'FrameDataset': 'dataset', 'build_dataset': 'dataset', 'iter_frames': 'dataset',
+    'to_tensors': 'dataset', 'DataError': 'image_files',
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    """Import an exported name from its module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(f'.{_EXPORTS[name]}', __name__), name)
+    globals()[name] = value
+    return value

@@ -16,6 +16,8 @@ C = {name: i for i, name in enumerate(CLASS_NAMES)}
 SIDEWALK = IGNORE_INDEX  # not one of the 12 classes (VKITTI "Misc", Cityscapes "sidewalk")
 KIND_SKY, KIND_GROUND, KIND_BOX, KIND_SPHERE = 0, 1, 2, 3
 GROUND_ROAD, GROUND_SIDEWALK, GROUND_TERRAIN = 0, 1, 2
+#: KITTI's rectified focal length per image row (721.5 px at 375 rows).
+KITTI_FOCAL_PER_ROW = 721.5377 / 375.0
 
 #: Environment presets: (building density, tree density, traffic, guard rails, sidewalk).
 ENVIRONMENTS = {
@@ -44,11 +46,15 @@ class Camera:
 
     @classmethod
     def kitti_like(cls, height, width, cam_height, x=0.0, z=0.0, pitch_deg=0.0, yaw_deg=0.0,
-                   hfov_deg=81.2, vfov_deg=29.0):
-        """Map KITTI's field of view (81 x 29 deg) onto a camera of any image size."""
-        fx = width / (2.0 * np.tan(np.radians(hfov_deg) / 2.0))
-        fy = height / (2.0 * np.tan(np.radians(vfov_deg) / 2.0))
-        return cls(height, width, fx, fy, width / 2.0, height / 2.0,
+                   focal=None):
+        """Square-pixel camera with KITTI's focal length per image row (29 deg vertical FOV).
+
+        ``focal`` (pixels) defaults to ``KITTI_FOCAL_PER_ROW * height``, so any image size is
+        a centred crop of a KITTI camera scaled to that height: at KITTI's aspect (1242x375)
+        the horizontal field of view is KITTI's 81 deg, at 256x256 it is 29 deg.
+        """
+        f = float(focal) if focal else KITTI_FOCAL_PER_ROW * height
+        return cls(height, width, f, f, width / 2.0, height / 2.0,
                    np.array([x, cam_height, z], dtype=np.float64),
                    np.radians(pitch_deg), np.radians(yaw_deg))
 
@@ -61,7 +67,7 @@ class Camera:
         """Give the camera-to-world matrix (columns: the camera axes in world coordinates)."""
         flip = np.diag([1.0, -1.0, 1.0])  # camera y down -> world y up
         cp, sp = np.cos(self.pitch), np.sin(self.pitch)
-        pitch = np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]])  # tilt forward axis down
+        pitch = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])  # pitch > 0: forward tilts down
         cy, sy = np.cos(self.yaw), np.sin(self.yaw)
         yaw = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
         return yaw @ pitch @ flip

@@ -8,6 +8,7 @@ sensor noise and JPEG artefacts, each scaled by ``RealStyle.gap``; and the KITTI
 LiDAR ground truth (``lidar_depth``).
 """
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -117,28 +118,43 @@ def style_from_overrides(style, pairs):
     return replace(style, **changes)
 
 
-def _hash(ix, iy, seed):
-    h = (ix.astype(np.int64) * 374761393 + iy.astype(np.int64) * 668265263
-         + seed * 1442695041) & 0xFFFFFFFF
-    h = ((h ^ (h >> 13)) * 1274126177) & 0xFFFFFFFF
-    return ((h ^ (h >> 16)) & 0xFFFF).astype(np.float32) / 65535.0
+NOISE_SIZE = 256  # lattice of the tileable value-noise texture
+
+
+@lru_cache(maxsize=64)
+def _lattice(seed):
+    return np.random.default_rng([int(seed), 7]).random((NOISE_SIZE, NOISE_SIZE),
+                                                        dtype=np.float32)
 
 
 def value_noise(x, y, seed=0):
-    """Smooth 2-D value noise in [0, 1] at integer lattice frequency."""
-    x0, y0 = np.floor(x), np.floor(y)
-    fx, fy = x - x0, y - y0
-    fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
-    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
-    a, b = _hash(x0, y0, seed), _hash(x0 + 1, y0, seed)
-    c, d = _hash(x0, y0 + 1, seed), _hash(x0 + 1, y0 + 1, seed)
-    return (a + (b - a) * fx) * (1 - fy) + (c + (d - c) * fx) * fy
+    """2-D value noise in [0, 1]: a seeded random lattice, bilinear between integer points.
+
+    Tiles every 256 units; sampled with ``cv2.remap`` (a few ms per megapixel).
+    """
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    shape, n = np.broadcast_shapes(x.shape, y.shape), max(x.size, y.size)
+    if n == 0:
+        return np.zeros(shape, np.float32)
+    rows = -(-n // NOISE_SIZE)
+    maps = np.zeros((2, rows * NOISE_SIZE), np.float32)
+    maps[0, :n] = np.mod(np.broadcast_to(x, shape).ravel(), NOISE_SIZE)
+    maps[1, :n] = np.mod(np.broadcast_to(y, shape).ravel(), NOISE_SIZE)
+    out = cv2.remap(_lattice(seed), maps[0].reshape(rows, NOISE_SIZE),
+                    maps[1].reshape(rows, NOISE_SIZE), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_WRAP)
+    return out.ravel()[:n].reshape(shape)
 
 
 def sun_direction(azimuth_deg, elevation_deg):
     """Return the unit vector towards the sun (world: x right, y up, z forward)."""
     az, el = np.radians(azimuth_deg), np.radians(elevation_deg)
     return np.array([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)], np.float32)
+
+
+def _fmod(a, m):
+    """Return ``a mod m`` in [0, m) (much faster than numpy's float ``%``)."""
+    return a - np.float32(m) * np.floor(a * np.float32(1.0 / m))
 
 
 def _pick(options, tint):
@@ -159,21 +175,27 @@ def base_colours(geo, layout):
         edge = np.abs(np.abs(x) - (layout.road_half - 0.25)) < 0.08
         k = np.round((x + layout.road_half) / lane_w)
         inner = (np.abs(x + layout.road_half - k * lane_w) < 0.07) & (k > 0) & (
-            k < layout.lanes) & ((z % 9.0) < 3.0)
+            k < layout.lanes) & (_fmod(z, 9.0) < 3.0)
         mark = edge | inner
         idx = np.flatnonzero(road.ravel())[mark]
         col.reshape(-1, 3)[idx] = LANE
     objs = geo.obj >= 0
-    ids = geo.obj[objs]
-    classes = np.concatenate([layout.box_class, layout.sphere_class])[ids]
-    tints = layout.tint[ids]
-    obj_col = np.zeros((ids.size, 3), np.float32)
-    for cls, options in CLASS_COLOURS.items():
-        sel = classes == cls
-        if sel.any():
-            obj_col[sel] = _pick(options, tints[sel])
-    col[objs] = obj_col
+    col[objs] = object_colours(layout)[geo.obj[objs]]
     return col
+
+
+def object_colours(layout):
+    """Base colour (N, 3) of every box then sphere of ``layout`` (cached on the layout)."""
+    table = getattr(layout, '_colours', None)
+    if table is None:
+        classes = np.concatenate([layout.box_class, layout.sphere_class])
+        table = np.zeros((classes.size, 3), np.float32)
+        for cls, options in CLASS_COLOURS.items():
+            sel = classes == cls
+            if sel.any():
+                table[sel] = _pick(options, layout.tint[sel])
+        layout._colours = table
+    return table
 
 
 def _lambert(geo, sun, ambient, diffuse):
@@ -181,8 +203,9 @@ def _lambert(geo, sun, ambient, diffuse):
     return ambient + diffuse * ndotl
 
 
-def _sky(geo, top, horizon):
-    elev = geo.rays[1] / np.sqrt((geo.rays ** 2).sum(axis=0))
+def _sky(rays, top, horizon):
+    """Sky gradient for world rays (3, N): horizon colour below, ``top`` from 20 deg up."""
+    elev = rays[1] / np.sqrt((rays ** 2).sum(axis=0))
     t = np.clip(elev * 3.0, 0, 1)[..., None]
     return np.asarray(horizon, np.float32) * (1 - t) + np.asarray(top, np.float32) * t
 
@@ -194,7 +217,7 @@ def render_sim(geo, layout, style):
     img = col * _lambert(geo, sun, style.ambient, style.diffuse)[..., None]
     img *= np.asarray(style.light, np.float32)
     sky = geo.kind == KIND_SKY
-    img[sky] = _sky(geo, style.sky_top, style.sky_horizon)[sky]
+    img[sky] = _sky(geo.rays[:, sky], style.sky_top, style.sky_horizon)
     if style.fog_distance_m > 0:
         depth = np.where(sky, 1e4, geo.depth)
         keep = np.exp(-depth / style.fog_distance_m)[..., None]
@@ -203,49 +226,63 @@ def render_sim(geo, layout, style):
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+#: Colours surface detail blends towards: none, dirt (grass), glass (windows), car glass.
+_BLEND = np.array([(0, 0, 0), (0.47, 0.40, 0.30), (0.22, 0.26, 0.32), (0.132, 0.156, 0.192)],
+                  np.float32)
+
+
 def _textures(geo, layout, col, amount, seed):
-    """Multiply real-world surface detail into the base colours (in place)."""
+    """Add real-world surface detail to the base colours ``col`` (in place).
+
+    Each surface gets a brightness factor and optionally a blend towards a detail colour
+    (dirt, window glass); both are gathered per pixel and applied in one pass.
+    """
     if amount <= 0:
         return
     px, py, pz = geo.points
+    mul = np.ones(geo.depth.shape, np.float32)
+    weight = np.zeros(geo.depth.shape, np.float32)
+    target = np.zeros(geo.depth.shape, np.uint8)
     g = geo.kind == KIND_GROUND
     road = g & (geo.ground == GROUND_ROAD)
-    fine = value_noise(px[road] * 6.0, pz[road] * 6.0, seed)
-    patch = value_noise(px[road] * 0.4, pz[road] * 0.4, seed + 1)
-    col[road] *= (1 + amount * (0.25 * (fine - 0.5) + 0.35 * (patch - 0.5)))[:, None]
+    x, z = px[road], pz[road]
+    mul[road] = 1 + amount * (0.25 * (value_noise(x * 6.0, z * 6.0, seed) - 0.5)
+                              + 0.35 * (value_noise(x * 0.4, z * 0.4, seed + 1) - 0.5))
     walk = g & (geo.ground == GROUND_SIDEWALK)
-    tiles = ((px[walk] % 0.8) < 0.04) | ((pz[walk] % 0.8) < 0.04)
-    col[walk] *= (1 - amount * 0.25 * tiles)[:, None]
+    mul[walk] = 1 - amount * 0.25 * ((_fmod(px[walk], 0.8) < 0.04)
+                                     | (_fmod(pz[walk], 0.8) < 0.04))
     grass = g & (geo.ground == GROUND_TERRAIN)
-    mix = value_noise(px[grass] * 0.3, pz[grass] * 0.3, seed + 2)[:, None]
-    dirt = np.array([0.47, 0.40, 0.30], np.float32)
-    col[grass] = col[grass] * (1 - amount * 0.7 * mix) + dirt * amount * 0.7 * mix
-    col[grass] *= (1 + amount * 0.5 * (value_noise(px[grass] * 8, pz[grass] * 8, seed + 3)
-                                       - 0.5))[:, None]
+    x, z = px[grass], pz[grass]
+    weight[grass] = amount * 0.7 * value_noise(x * 0.3, z * 0.3, seed + 2)
+    target[grass] = 1
+    mul[grass] = 1 + amount * 0.5 * (value_noise(x * 8, z * 8, seed + 3) - 0.5)
     objs = geo.obj >= 0
     classes = np.full(geo.obj.shape, 255, np.uint8)
     classes[objs] = np.concatenate([layout.box_class, layout.sphere_class])[geo.obj[objs]]
     veg = classes == C['vegetation']
-    leaves = value_noise((px[veg] + pz[veg]) * 3.0, py[veg] * 3.0, seed + 4)
-    col[veg] *= (1 + amount * 0.9 * (leaves - 0.5))[:, None]
+    mul[veg] = 1 + amount * 0.9 * (value_noise((px[veg] + pz[veg]) * 3.0, py[veg] * 3.0,
+                                               seed + 4) - 0.5)
     bld = classes == C['building']
+    y = py[bld]
     along = np.where(np.abs(geo.normal[0][bld]) > 0.5, pz[bld], px[bld])
-    window = ((along % 3.2) > 1.0) & ((along % 3.2) < 2.4) & ((py[bld] % 3.0) > 1.0) & (
-        (py[bld] % 3.0) < 2.3) & (py[bld] > 0.8) & (np.abs(geo.normal[1][bld]) < 0.5)
-    glass = np.array([0.22, 0.26, 0.32], np.float32)
-    col[bld] = np.where(window[:, None], col[bld] * (1 - amount) + glass * amount, col[bld])
-    col[bld] *= (1 + amount * 0.2 * (value_noise(along * 2, py[bld] * 2, seed + 5)
-                                     - 0.5))[:, None]
+    a, b = _fmod(along, 3.2), _fmod(y, 3.0)
+    window = (a > 1.0) & (a < 2.4) & (b > 1.0) & (b < 2.3) & (y > 0.8) & (
+        np.abs(geo.normal[1][bld]) < 0.5)
+    weight[bld] = amount * window
+    target[bld] = 2
+    mul[bld] = 1 + amount * 0.2 * (value_noise(along * 2, y * 2, seed + 5) - 0.5)
     veh = np.isin(classes, VEHICLES) & (geo.kind == KIND_BOX)
     if veh.any():
         box = layout.boxes[geo.obj[veh]]
         rel = (py[veh] - box[:, 2]) / np.maximum(box[:, 3] - box[:, 2], 1e-3)
         side = np.abs(geo.normal[1][veh]) < 0.5
-        glass_band = side & (rel > 0.55) & (rel < 0.92)
-        wheels = side & (rel < 0.25)
-        col[veh] = np.where(glass_band[:, None], col[veh] * (1 - amount) + glass * 0.6 * amount,
-                            col[veh])
-        col[veh] = np.where(wheels[:, None], col[veh] * (1 - 0.7 * amount), col[veh])
+        weight[veh] = amount * (side & (rel > 0.55) & (rel < 0.92))
+        target[veh] = 3
+        mul[veh] = np.where(side & (rel < 0.25), 1 - 0.7 * amount, 1.0)
+    w = weight[..., None]
+    col *= 1 - w
+    col += _BLEND[target] * w
+    col *= mul[..., None]
 
 
 def shadow_mask(geo, layout, cam, sun):
@@ -313,11 +350,12 @@ def render_real(geo, layout, cam, style, look, rng):
         light[shade] = light[shade] * (1 - style.shadow * min(g, 1.0))
     img = col * light[..., None]
     sky = geo.kind == KIND_SKY
-    sky_col = _sky(geo, (0.55, 0.68, 0.88), (0.85, 0.88, 0.92))
-    clouds = value_noise(geo.rays[0] / np.maximum(geo.rays[1], 0.05) * 2,
-                         1 / np.maximum(geo.rays[1], 0.05) * 2, look['texture_seed'] + 9)
+    rays = geo.rays[:, sky]
+    sky_col = _sky(rays, (0.55, 0.68, 0.88), (0.85, 0.88, 0.92))
+    up = np.maximum(rays[1], 0.05)
+    clouds = value_noise(rays[0] / up * 2, 1 / up * 2, look['texture_seed'] + 9)
     sky_col = sky_col + (g * 0.25 * np.clip(clouds - 0.4, 0, 1))[..., None]
-    img[sky] = sky_col[sky] * (1 - g) + np.minimum(sky_col[sky] * 1.15, 1.0) * g
+    img[sky] = sky_col * (1 - g) + np.minimum(sky_col * 1.15, 1.0) * g
     # Camera: white balance, exposure, saturation, vignetting, blur, noise, JPEG.
     img *= look['gains'] * np.exp(rng.normal(0, style.exposure * g))
     grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -330,7 +368,7 @@ def render_real(geo, layout, cam, style, look, rng):
     sigma = style.blur_sigma * g * h / 256
     if sigma > 0.05:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
-    img = img * 255.0 + rng.normal(0, 1, img.shape).astype(np.float32) * (
+    img = img * 255.0 + rng.standard_normal(img.shape, dtype=np.float32) * (
         style.noise_std * g * np.sqrt(np.clip(img, 0.05, 1.0) * 255.0 / 128.0))
     img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     if style.jpeg_quality and g > 0:

@@ -1,0 +1,254 @@
+"""Loss terms of the paper (eqs 1-20) and the per-stage totals built from them.
+
+Conventions (all terms are means, so weights do not depend on image or latent size):
+
+* KL: the encoders follow UNIT (q(z|x) = N(mu, I)), so KL(q || N(0, I)) = 0.5 * ||mu||^2
+  per sample exactly (the log-variance terms cancel). ``kl_unit`` returns 0.5 * mean(mu^2)
+  over all latent elements, i.e. the KL divided by the latent size. The likelihood part of
+  eqs 2-3 (-E log p(x|z)) is the reconstruction of eqs 4-5 and is counted there once.
+* MMD against the prior (eqs 6-7): the closed form for a Gaussian kernel and a N(0, I_d)
+  prior (Rustamov 2019), so no prior samples are drawn and the estimate has no extra noise;
+  latents are flattened (d = C*h*w) and the kernel width is gamma^2 = gamma_scale * d.
+* Two-sample MMD (eqs 13-14): the unbiased U-statistic between two batches of latents.
+* Depth (eqs 15-16): MSE between the tanh output and the encoded target on valid pixels only
+  (0 / NaN = no measurement; +inf = far/sky, encoded as max_depth; optionally every pixel
+  labelled sky is far too).
+* Cross entropy (eqs 18-19): mean over pixels that are not the ignore index 255.
+
+Every term stays differentiable: nothing here runs under ``torch.no_grad``.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sim2real_perception.labels import CLASS_NAMES, IGNORE_INDEX
+from sim2real_perception.model.depth_coding import encode_depth
+
+SKY_CLASS = CLASS_NAMES.index('sky')
+
+#: Stage-1 terms (eq. 10 with its typos fixed: all eight functions) and their meaning.
+STAGE1_TERMS = {
+    'kl_real': 'eq 2: KL of q(z_R|x_R) to N(0, I)',
+    'kl_sim': 'eq 3: KL of q(z_S|x_S) to N(0, I)',
+    'recon_real': 'eq 4: MSE of G_R(E_R(x_R)) to x_R',
+    'recon_sim': 'eq 5: MSE of G_S(E_S(x_S)) to x_S',
+    'mmd_real': 'eq 6: MMD of z_R to N(0, I)',
+    'mmd_sim': 'eq 7: MMD of z_S to N(0, I)',
+    'cycle_real': 'eq 8: L1 of G_R(E_S(G_S(E_R(x_R)))) to x_R',
+    'cycle_sim': 'eq 9: L1 of G_S(E_R(G_R(E_S(x_S)))) to x_S',
+}
+#: Stage-2 terms (eqs 11-20; the KL and MMD terms are shared by eqs 17 and 20).
+STAGE2_TERMS = {
+    's2_kl_real': "eq 11: KL of z'_R = E_R(G_R(z_S)) to N(0, I)",
+    's2_kl_sim': 'eq 12: KL of z_S to N(0, I)',
+    's2_mmd_s2r': "eq 13: MMD between z_S and z'_R",
+    's2_mmd_r2s': "eq 14: MMD between z'_S = E_S(G_S(z_R)) and z_R",
+    'depth_sim': 'eq 15: depth MSE of G_D(E_S(x_S))',
+    'depth_real': "eq 16: depth MSE of G_D(E_R(x'_R))",
+    'ce_sim': 'eq 18: cross entropy of G_I(E_S(x_S))',
+    'ce_real': "eq 19: cross entropy of G_I(E_R(x'_R))",
+}
+#: Baselines (sim_only, oracle): one encoder + the two heads on one labelled domain.
+SUPERVISED_TERMS = {
+    'depth': 'depth MSE of G_D(E_R(x)) on labelled frames',
+    'ce': 'cross entropy of G_I(E_R(x)) on labelled frames',
+}
+
+
+def _zero_like(t):
+    """Return a zero that keeps ``t`` in the autograd graph (so backward never fails)."""
+    return t.sum() * 0.0
+
+
+def kl_unit(mu):
+    """KL(N(mu, I) || N(0, I)) per latent element: 0.5 * mean(mu^2) (UNIT's KL)."""
+    return 0.5 * mu.float().pow(2).mean()
+
+
+def recon_mse(x_hat, x):
+    """Mean squared reconstruction error (eqs 4-5)."""
+    return F.mse_loss(x_hat.float(), x.float())
+
+
+def cycle_l1(x_cyc, x):
+    """Mean absolute cycle-consistency error (eqs 8-9)."""
+    return F.l1_loss(x_cyc.float(), x.float())
+
+
+def _flat(z):
+    return z.float().reshape(z.shape[0], -1)
+
+
+def _gamma2(d, gamma_scale):
+    return float(gamma_scale) * d
+
+
+def mmd_prior(z, gamma_scale=1.0):
+    """Closed-form MMD^2 of a batch of latents against N(0, I_d), Gaussian kernel.
+
+    k(x, y) = exp(-||x - y||^2 / (2 gamma^2)), gamma^2 = gamma_scale * d. The sample-sample
+    part is the unbiased (i != j) mean; the cross and prior-prior parts are exact
+    expectations under N(0, I_d), evaluated in log space so large d does not underflow.
+    Needs at least two samples (returns a graph-connected zero otherwise).
+    """
+    x = _flat(z)
+    n, d = x.shape
+    if n < 2:
+        return _zero_like(x)
+    g2 = _gamma2(d, gamma_scale)
+    sq = torch.cdist(x, x).pow(2)
+    off = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    k_xx = torch.exp(-sq[off] / (2.0 * g2)).mean()
+    log_c1 = 0.5 * d * math.log(g2 / (1.0 + g2))
+    k_xp = torch.exp(log_c1 - x.pow(2).sum(1) / (2.0 * (1.0 + g2))).mean()
+    k_pp = math.exp(0.5 * d * math.log(g2 / (2.0 + g2)))
+    return k_xx - 2.0 * k_xp + k_pp
+
+
+def mmd_two_sample(a, b, gamma_scale=1.0):
+    """Unbiased MMD^2 between two batches of latents (eqs 13-14), same kernel as above."""
+    x, y = _flat(a), _flat(b)
+    n, m, d = x.shape[0], y.shape[0], x.shape[1]
+    if n < 2 or m < 2:
+        return _zero_like(x) + _zero_like(y)
+    g2 = _gamma2(d, gamma_scale)
+
+    def k(p, q):
+        return torch.exp(-torch.cdist(p, q).pow(2) / (2.0 * g2))
+
+    off_x = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    off_y = ~torch.eye(m, dtype=torch.bool, device=y.device)
+    return k(x, x)[off_x].mean() + k(y, y)[off_y].mean() - 2.0 * k(x, y).mean()
+
+
+def depth_targets(depth, model_cfg, labels=None, sky_as_far=True):
+    """Encoded depth targets and the valid mask for metric depth (Bx1xHxW metres).
+
+    Valid: finite depth > 0, or +inf (far/sky, encoded as max_depth); 0, negative and NaN
+    are "no measurement". With ``sky_as_far`` every pixel labelled sky is valid and far.
+    """
+    depth = depth.float()
+    valid = (depth > 0) & ~torch.isnan(depth)          # +inf > 0 is True: far is valid
+    far = torch.isposinf(depth)
+    if sky_as_far and labels is not None:
+        sky = (labels == SKY_CLASS).unsqueeze(1)
+        far = far | sky
+        valid = valid | sky
+    metres = torch.where(far, torch.full_like(depth, float(model_cfg.max_depth)),
+                         torch.where(valid, depth, torch.ones_like(depth)))
+    target = encode_depth(metres, model_cfg.depth_encoding, model_cfg.min_depth,
+                          model_cfg.max_depth)
+    return target, valid
+
+
+def depth_loss(pred, depth, model_cfg, labels=None, sample_mask=None, sky_as_far=True):
+    """Masked MSE between tanh outputs and encoded targets over valid pixels (eqs 15-16).
+
+    ``sample_mask`` (B bools, e.g. ``has_depth``) drops whole frames without depth.
+    """
+    target, valid = depth_targets(depth, model_cfg, labels, sky_as_far)
+    if sample_mask is not None:
+        valid = valid & sample_mask.to(valid.device).view(-1, 1, 1, 1).bool()
+    pred = pred.float()
+    if not bool(valid.any()):
+        return _zero_like(pred)
+    return (pred - target)[valid].pow(2).mean()
+
+
+def seg_loss(logits, labels, sample_mask=None):
+    """Pixel-wise cross entropy, ignoring label 255 (eqs 18-19); zero if nothing is labelled."""
+    if sample_mask is not None:
+        keep = sample_mask.to(labels.device).view(-1, 1, 1).bool()
+        labels = torch.where(keep, labels, torch.full_like(labels, IGNORE_INDEX))
+    logits = logits.float()
+    if not bool((labels != IGNORE_INDEX).any()):
+        return _zero_like(logits)
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def weighted_total(terms, weights):
+    """Return (total, weighted terms): each term times ``weights[name]`` (a loss.* value)."""
+    weighted = {name: float(weights[name]) * value for name, value in terms.items()}
+    total = sum(weighted.values())
+    return total, weighted
+
+
+def stage1_terms(net, x_real, x_sim, gamma_scale=1.0, mmd_on='mu'):
+    """The eight stage-1 terms (eq. 10) for a batch of unpaired real and sim images.
+
+    ``mmd_on`` picks what eqs 6-7 compare with the prior: ``mu`` (the encoder means) or
+    ``z`` (mu + unit noise, whose aggregate covariance is at least I + Cov(mu), so it can
+    only match N(0, I) when the means collapse). Returns (terms, images for the grid).
+    """
+    mu_r, z_r = net.encode(x_real, 'real')
+    mu_s, z_s = net.encode(x_sim, 'sim')
+    rec_r, rec_s = net.decode(z_r, 'real'), net.decode(z_s, 'sim')
+    r2s, s2r = net.decode(z_r, 'sim'), net.decode(z_s, 'real')
+    _, z_r2s = net.encode(r2s, 'sim')
+    _, z_s2r = net.encode(s2r, 'real')
+    cyc_r, cyc_s = net.decode(z_r2s, 'real'), net.decode(z_s2r, 'sim')
+    m_r, m_s = (mu_r, mu_s) if mmd_on == 'mu' else (z_r, z_s)
+    terms = {
+        'kl_real': kl_unit(mu_r),
+        'kl_sim': kl_unit(mu_s),
+        'recon_real': recon_mse(rec_r, x_real),
+        'recon_sim': recon_mse(rec_s, x_sim),
+        'mmd_real': mmd_prior(m_r, gamma_scale),
+        'mmd_sim': mmd_prior(m_s, gamma_scale),
+        'cycle_real': cycle_l1(cyc_r, x_real),
+        'cycle_sim': cycle_l1(cyc_s, x_sim),
+    }
+    images = {'real': x_real, 'real_recon': rec_r, 'real_to_sim': r2s,
+              'sim': x_sim, 'sim_recon': rec_s, 'sim_to_real': s2r}
+    return terms, images
+
+
+def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
+                 sky_as_far=True):
+    """The stage-2 terms (eqs 11-20) for paired sim frames and unpaired real images.
+
+    x'_R = G_R(z_S), z'_R = E_R(x'_R); x'_S = G_S(z_R), z'_S = E_S(x'_S). Depth and
+    segmentation are supervised on G_D/G_I(E_S(x_S)) and G_D/G_I(E_R(x'_R)) with the sim
+    ground truth (x'_R is x_S rendered in the real style, pixel-aligned with it).
+    """
+    x_sim = sim_batch['image']
+    depth, labels = sim_batch['depth'], sim_batch['labels']
+    has_d, has_l = sim_batch.get('has_depth'), sim_batch.get('has_labels')
+    mu_s, z_s = net.encode(x_sim, 'sim')
+    x_r_fake = net.decode(z_s, 'real')
+    mu_r_fake, z_r_fake = net.encode(x_r_fake, 'real')
+    mu_r, z_r = net.encode(x_real, 'real')
+    x_s_fake = net.decode(z_r, 'sim')
+    mu_s_fake, z_s_fake = net.encode(x_s_fake, 'sim')
+    pick = (lambda mu, z: mu) if mmd_on == 'mu' else (lambda mu, z: z)
+    d_sim, d_real = net.decode(z_s, 'depth'), net.decode(z_r_fake, 'depth')
+    s_sim, s_real = net.decode(z_s, 'seg'), net.decode(z_r_fake, 'seg')
+    terms = {
+        's2_kl_real': kl_unit(mu_r_fake),
+        's2_kl_sim': kl_unit(mu_s),
+        's2_mmd_s2r': mmd_two_sample(pick(mu_s, z_s), pick(mu_r_fake, z_r_fake), gamma_scale),
+        's2_mmd_r2s': mmd_two_sample(pick(mu_s_fake, z_s_fake), pick(mu_r, z_r), gamma_scale),
+        'depth_sim': depth_loss(d_sim, depth, model_cfg, labels, has_d, sky_as_far),
+        'depth_real': depth_loss(d_real, depth, model_cfg, labels, has_d, sky_as_far),
+        'ce_sim': seg_loss(s_sim, labels, has_l),
+        'ce_real': seg_loss(s_real, labels, has_l),
+    }
+    images = {'sim': x_sim, 'sim_to_real': x_r_fake, 'depth_pred': d_sim, 'seg_pred': s_sim,
+              'depth': depth, 'labels': labels}
+    return terms, images
+
+
+def supervised_terms(net, batch, model_cfg, sky_as_far=True):
+    """Baseline terms: real encoder + heads supervised directly on one labelled domain."""
+    x = batch['image']
+    _, z = net.encode(x, 'real')
+    d, s = net.decode(z, 'depth'), net.decode(z, 'seg')
+    terms = {
+        'depth': depth_loss(d, batch['depth'], model_cfg, batch['labels'],
+                            batch.get('has_depth'), sky_as_far),
+        'ce': seg_loss(s, batch['labels'], batch.get('has_labels')),
+    }
+    images = {'image': x, 'depth_pred': d, 'seg_pred': s, 'depth': batch['depth'],
+              'labels': batch['labels']}
+    return terms, images

@@ -1,0 +1,553 @@
+"""Train the twin-VAE (stage 1), its depth/segmentation heads (stage 2), or a baseline.
+
+``python -m training.train --config cpu`` runs both stages of the paper on the configured
+data and exports ``RUN/export`` (loadable with ``sim2real_perception.model_io``).
+``--method sim_only`` / ``oracle`` train the same real encoder + heads supervised on sim
+frames / on the real split's labels: the baselines of the paper's Table 1.
+
+Resumable to the step: data order is a function of (seed, step) (``train_data``), the
+checkpoint holds weights, optimizer and RNG states, and SIGINT/SIGTERM save before exit.
+Under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, NCCL on CUDA).
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from sim2real_perception.config import load_config
+from sim2real_perception.model import DepthSegNet, ModelConfig, TwinVAE
+from sim2real_perception.model_io import export_model_dir, torch_device
+
+from . import losses
+from .checkpoint import (CheckpointError, load_checkpoint, read_record, rng_state,
+                         save_checkpoint, set_rng_state)
+from .train_data import epoch_order, step_loader, steps_per_epoch
+from .train_logging import CsvLog, grid_tensor, sample_grid, tensorboard_writer, write_grid
+
+METHODS = ('twin_vae', 'sim_only', 'oracle')
+STAGES = ('1', '2', 'all')
+#: Data streams (seeds of their shuffles) so each has its own independent order.
+STREAM_SIM, STREAM_REAL, STREAM_EVAL = 1, 2, 3
+EXIT_NONFINITE = 3
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN/inf; the message names it and the last good checkpoint."""
+
+
+class StageLoss(nn.Module):
+    """One stage's forward pass returning its loss terms (what DDP wraps)."""
+
+    def __init__(self, net, stage, model_cfg, loss_cfg):
+        super().__init__()
+        self.net, self.stage, self.model_cfg = net, stage, model_cfg
+        self.gamma = float(loss_cfg['mmd_gamma_scale'])
+        self.mmd_on = str(loss_cfg['mmd_on'])
+        self.sky_as_far = bool(loss_cfg['sky_as_far'])
+
+    def forward(self, first, second=None):
+        if self.stage == 'stage1':
+            return losses.stage1_terms(self.net, first['image'], second['image'], self.gamma,
+                                       self.mmd_on)
+        if self.stage == 'stage2':
+            return losses.stage2_terms(self.net, first, second['image'], self.model_cfg,
+                                       self.gamma, self.mmd_on, self.sky_as_far)
+        return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far)
+
+
+def stage_plan(method, stage):
+    """Names of the stages to run for ``method`` and ``--stage``."""
+    if method not in METHODS:
+        raise ValueError(f'method {method!r} not in {METHODS}')
+    if stage not in STAGES:
+        raise ValueError(f'stage {stage!r} not in {STAGES}')
+    if method != 'twin_vae':
+        if stage != 'all':
+            raise ValueError(f'--stage {stage} is for twin_vae; {method} has one stage (all)')
+        return ['supervised']
+    return {'1': ['stage1'], '2': ['stage2'], 'all': ['stage1', 'stage2']}[stage]
+
+
+def _seed_key(*parts):
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _to(batch, device):
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+class Trainer:
+    """Runs the stages of one method in one run directory (see ``run``)."""
+
+    def __init__(self, cfg, run_dir, method='twin_vae', resume=False):
+        self.cfg, self.method, self.resume = cfg, method, bool(resume)
+        self.t, self.loss_cfg = cfg['train'], cfg['loss']
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / 'checkpoints'
+        self.seed = int(self.t['seed'])
+        self._init_distributed()
+        if self.t['deterministic']:
+            os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.model_cfg = ModelConfig.from_dict(cfg['model'])
+        torch.manual_seed(self.seed)
+        self.net = TwinVAE(self.model_cfg).to(self.device)
+        self.use_bf16 = bool(self.t['bf16']) and self.device.type == 'cuda'
+        self.stop_signal = None
+        self.last_good = None
+        self.steps = {}
+        self.monitor = {}
+        self._datasets = {}
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- setup -----------------------------------------------------------------------------
+    def _init_distributed(self):
+        self.world = int(os.environ.get('WORLD_SIZE', '1'))
+        self.rank = int(os.environ.get('RANK', '0'))
+        local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+        device = torch_device(str(self.t['device']))
+        if device.type == 'cuda' and self.world > 1:
+            device = torch.device('cuda', local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        self.is_main = self.rank == 0
+
+    def dataset(self, name):
+        """Build (once) a dataset: sim | real | eval_train | eval_val."""
+        if name not in self._datasets:
+            from .data import build_dataset
+            h, w = self.model_cfg.height, self.model_cfg.width
+            data = self.cfg['data']
+            if name == 'sim':
+                ds = build_dataset(data['sim'], 'train', h, w, True, self.seed)
+            elif name == 'real':   # images only: twin_vae never reads real labels
+                real = {**data['real'], 'with_depth': False, 'with_labels': False}
+                ds = build_dataset(real, 'train', h, w, True, self.seed)
+            elif name == 'eval_train':
+                ds = build_dataset(data['eval'], 'train', h, w, True, self.seed)
+            else:
+                ds = build_dataset(data['eval'], 'val', h, w, False, self.seed)
+            self._datasets[name] = ds
+        return self._datasets[name]
+
+    def _streams(self, stage):
+        """(dataset name, stream id) of the batches a stage step consumes."""
+        if stage == 'stage1':
+            return [('real', STREAM_REAL), ('sim', STREAM_SIM)]
+        if stage == 'stage2':
+            return [('sim', STREAM_SIM), ('real', STREAM_REAL)]
+        return [('sim', STREAM_SIM) if self.method == 'sim_only' else ('eval_train', STREAM_EVAL)]
+
+    def _trainable(self, stage):
+        net = self.net
+        if stage == 'stage1':
+            return [net.enc_real, net.enc_sim, net.dec_real, net.dec_sim]
+        if stage == 'stage2':
+            mods = [net.dec_depth, net.dec_seg]
+            if not self.t['stage2_freeze_encoders']:
+                mods += [net.enc_real, net.enc_sim]
+            return mods
+        return [net.enc_real, net.dec_depth, net.dec_seg]
+
+    def _schedule(self, stage, sizes):
+        batch = int(self.t['batch_size'])
+        key = {'stage1': 'stage1', 'stage2': 'stage2', 'supervised': 'supervised'}[stage]
+        spe = steps_per_epoch(max(sizes), batch, self.world)
+        steps = int(self.t[f'{key}_steps'])
+        total = steps if steps > 0 else int(math.ceil(float(self.t[f'{key}_epochs']) * spe))
+        return spe, max(1, total)
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def _record(self, stage, step, epoch, spe, total, complete, extra):
+        return {'method': self.method, 'stage': stage, 'step': step, 'epoch': epoch,
+                'steps_per_epoch': spe, 'total_steps': total, 'complete': complete,
+                'seed': self.seed, 'world_size': self.world, 'config': self.cfg,
+                'rng': rng_state(), **extra}
+
+    def _save(self, tag, stage, opt, step, epoch, spe, total, complete=False, extra=None):
+        if not self.is_main:
+            return None
+        path = save_checkpoint(self.ckpt_dir, tag, self.net, opt,
+                               self._record(stage, step, epoch, spe, total, complete,
+                                            extra or {}))
+        if tag.endswith('_last'):
+            self.last_good = path
+        return path
+
+    # --- one stage -------------------------------------------------------------------------
+    def train_stage(self, stage, stage_index):
+        """Train (or resume, or skip when complete) one stage; return its last record."""
+        tag = f'{stage}_last'
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        for m in self._trainable(stage):
+            for p in m.parameters():
+                p.requires_grad_(True)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        betas = tuple(float(b) for b in self.t['betas'])
+        opt = torch.optim.Adam(params, lr=float(self.t['lr']), betas=betas,
+                               weight_decay=float(self.t['weight_decay']))
+        streams = self._streams(stage)
+        datasets = [self.dataset(name) for name, _ in streams]
+        spe, total = self._schedule(stage, [len(d) for d in datasets])
+        start, extra = 0, {'epoch_loss': [0.0, 0], 'best_loss': None}
+        record = read_record(self.ckpt_dir, tag) if self.resume else None
+        if record is not None and record.get('method') != self.method:
+            raise CheckpointError(f'{self.ckpt_dir / tag}.json was written by method '
+                                  f'{record.get("method")!r}, not {self.method!r}')
+        if record is not None:
+            load_checkpoint(self.ckpt_dir, tag, self.net, opt)
+            self.last_good = self.ckpt_dir / f'{tag}.json'
+            if record.get('complete'):
+                self._log(f'[{stage}] complete in {self.last_good}; skipped')
+                self.steps[stage] = record['step']
+                return record
+            set_rng_state(record['rng'])
+            start = int(record['step'])
+            extra = {'epoch_loss': record.get('epoch_loss', [0.0, 0]),
+                     'best_loss': record.get('best_loss')}
+            if int(record.get('total_steps', total)) != total:
+                raise CheckpointError(f'{tag}: checkpoint schedule has {record["total_steps"]} '
+                                      f'steps, this config {total}; resume needs the same one')
+            self._log(f'[{stage}] resuming at step {start}/{total} from {self.last_good}')
+        else:
+            if stage == 'stage2' and stage_index == 0:
+                done = read_record(self.ckpt_dir, 'stage1_last')
+                if done is None or not done.get('complete'):
+                    raise CheckpointError(f'--stage 2 needs a complete stage 1 in '
+                                          f'{self.ckpt_dir} (run --stage 1 first)')
+                load_checkpoint(self.ckpt_dir, 'stage1_last', self.net)
+                self._log(f'[stage2] starting from {self.ckpt_dir / "stage1_last.json"}')
+            torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
+        self.steps[stage] = total
+        weights = {k: float(self.loss_cfg[k]) for k in self._term_names(stage)}
+        module = StageLoss(self.net, stage, self.model_cfg, self.loss_cfg)
+        if self.world > 1:
+            module = DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+        loaders = [step_loader(ds, int(self.t['batch_size']), self.world, self.rank,
+                               self.seed, sid, start, total, int(self.t['num_workers']))
+                   for ds, (_, sid) in zip(datasets, streams)]
+        return self._loop(stage, module, opt, loaders, weights, spe, start, total, extra)
+
+    def _term_names(self, stage):
+        return {'stage1': losses.STAGE1_TERMS, 'stage2': losses.STAGE2_TERMS,
+                'supervised': losses.SUPERVISED_TERMS}[stage]
+
+    def _loop(self, stage, module, opt, loaders, weights, spe, start, total, extra):
+        names = list(weights)
+        batch = int(self.t['batch_size'])
+        per_step = batch * self.world * len(loaders)
+        log_every, ckpt_every = int(self.t['log_every']), int(self.t['ckpt_every'])
+        clip = float(self.t['grad_clip'])
+        csv_log = tb = None
+        if self.is_main:
+            csv_log = CsvLog(self.run_dir / 'logs' / f'{stage}.csv',
+                             ['step', 'epoch', 'lr', 'images_per_s', 'total', *names],
+                             truncate_after=start if start else None)
+            tb = tensorboard_writer(self.run_dir / 'logs' / 'tb', purge_step=start or None)
+        bar = tqdm(total=total, initial=start, desc=stage, unit='step', dynamic_ncols=True,
+                   disable=not (self.is_main and self.t['progress']), file=sys.stderr)
+        self.net.train()
+        step, t_last, n_last = start, time.monotonic(), 0
+        images = None
+        autocast = torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.use_bf16) \
+            if self.device.type == 'cuda' else torch.autocast('cpu', enabled=False)
+        for batches in zip(*loaders):
+            batches = [_to(b, self.device) for b in batches]
+            with autocast:
+                terms, images = module(*batches)
+            total_loss, weighted = losses.weighted_total(terms, weights)
+            values = torch.stack([weighted[k].detach().float() for k in names])
+            if self.world > 1:
+                dist.all_reduce(values)
+                values /= self.world
+            values = values.cpu().tolist()
+            for name, value in zip(names, values):
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(
+                        f'{stage} step {step}: loss term {name!r} is {value} (weight '
+                        f'loss.{name}={weights[name]}); last good checkpoint: '
+                        f'{self.last_good or "none"}')
+            opt.zero_grad(set_to_none=True)
+            total_loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups
+                                                for p in g['params']], clip)
+            opt.step()
+            step += 1
+            n_last += 1
+            loss_sum = float(sum(values))
+            extra['epoch_loss'] = [extra['epoch_loss'][0] + loss_sum, extra['epoch_loss'][1] + 1]
+            epoch = (step - 1) // spe
+            bar.update(1)
+            if self.is_main and (step % log_every == 0 or step == total):
+                dt = max(time.monotonic() - t_last, 1e-9)
+                ips = per_step * n_last / dt
+                t_last, n_last = time.monotonic(), 0
+                row = {'step': step, 'epoch': epoch, 'lr': opt.param_groups[0]['lr'],
+                       'images_per_s': round(ips, 2), 'total': loss_sum,
+                       **dict(zip(names, values))}
+                csv_log.write(row)
+                if tb is not None:
+                    tb.add_scalar(f'{stage}/total', loss_sum, step)
+                    tb.add_scalar(f'{stage}/images_per_s', ips, step)
+                    for name, value in zip(names, values):
+                        tb.add_scalar(f'{stage}/{name}', value, step)
+                bar.set_postfix(loss=f'{loss_sum:.4g}', img_s=f'{ips:.1f}')
+            epoch_end = step % spe == 0 or step == total
+            if epoch_end:
+                self._end_epoch(stage, epoch, step, images, tb, extra, opt, spe, total)
+            elif step % ckpt_every == 0:
+                self._save(f'{stage}_last', stage, opt, step, epoch, spe, total, extra=extra)
+            if self.stop_signal is not None:
+                if not epoch_end and step % ckpt_every:
+                    self._save(f'{stage}_last', stage, opt, step, epoch, spe, total,
+                               extra=extra)
+                bar.close()
+                self._log(f'[{stage}] stopped by signal {self.stop_signal} at step {step}; '
+                          f'resume with --resume ({self.last_good})')
+                raise SystemExit(128 + self.stop_signal)
+        bar.close()
+        if self.world > 1:
+            dist.barrier()
+        path = self._save(f'{stage}_last', stage, opt, step, (step - 1) // spe, spe, total,
+                          complete=True, extra=extra)
+        if tb is not None:
+            tb.close()
+        return {'step': step, 'checkpoint': str(path) if path else None}
+
+    def _end_epoch(self, stage, epoch, step, images, tb, extra, opt, spe, total):
+        loss_sum, count = extra['epoch_loss']
+        mean = loss_sum / max(count, 1)
+        extra['epoch_loss'] = [0.0, 0]
+        metrics = self._monitor(stage) if stage != 'stage1' else {}
+        self.monitor[stage] = {'epoch': epoch, 'train_loss': mean, **metrics}
+        extra['metrics'] = self.monitor[stage]
+        if self.is_main:
+            if images is not None and int(self.t['sample_rows']) > 0:
+                grid = sample_grid(images, self.model_cfg, int(self.t['sample_rows']))
+                write_grid(self.run_dir / 'samples' / f'{stage}_epoch{epoch:04d}.png', grid)
+                if tb is not None:
+                    tb.add_image(f'{stage}/samples', grid_tensor(grid), step)
+            if tb is not None:
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)) and v is not None:
+                        tb.add_scalar(f'{stage}/monitor_{k}', v, step)
+            if metrics:
+                self._log(f'[{stage}] epoch {epoch} step {step}: train loss {mean:.4f}, '
+                          + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
+        best = extra.get('best_loss')
+        # "best" is selected on the training loss of the stage, never on real labels.
+        if best is None or mean < best:
+            extra['best_loss'] = mean
+            self._save(f'{stage}_best', stage, opt, step, epoch, spe, total, extra=extra)
+        self._save(f'{stage}_last', stage, opt, step, epoch, spe, total, extra=extra)
+
+    @torch.no_grad()
+    def _monitor(self, stage):
+        """Depth AbsRel / mIoU on a few eval-val frames (logged only; never selects)."""
+        n = int(self.t['monitor_frames'])
+        if n <= 0 or not self.is_main:
+            return {}
+        from .metrics import DepthMetrics, SegMetrics
+        ds = self.dataset('eval_val')
+        idx = epoch_order(len(ds), self.seed, 99, 0)[:n].tolist()
+        net = DepthSegNet.from_twin(self.net)
+        was_training = self.net.training
+        self.net.eval()
+        dm, sm = DepthMetrics(max_depth=self.model_cfg.max_depth), \
+            SegMetrics(self.model_cfg.num_classes)
+        for i in idx:
+            item = ds[i]
+            u8 = ((item['image'] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            depth, labels = net(u8.permute(1, 2, 0)[None].to(self.device))
+            if item['has_depth']:
+                dm.update(depth[0].float().cpu().numpy(), item['depth'][0].numpy())
+            if item['has_labels']:
+                sm.update(labels[0].cpu().numpy(), item['labels'].numpy())
+        self.net.train(was_training)
+        out = {}
+        d, s = dm.compute(), sm.compute()
+        if d.get('n_pixels'):
+            out['abs_rel'] = d['abs_rel']
+        if s.get('n_pixels'):
+            out['miou'] = s['miou']
+        return out
+
+    # --- the whole run ---------------------------------------------------------------------
+    def _log(self, text):
+        if self.is_main:
+            print(text, file=sys.stderr, flush=True)
+
+    def _handle_signal(self, signum, frame):
+        self.stop_signal = signum
+
+    @torch.no_grad()
+    def recalibrate_bn(self, batches):
+        """Re-estimate BatchNorm statistics of the deployed path on real training images."""
+        if batches <= 0:
+            return 0
+        net = DepthSegNet.from_twin(self.net)
+        bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        net.train()
+        loader = step_loader(self.dataset('real'), int(self.t['batch_size']), 1, 0, self.seed,
+                             STREAM_REAL + 100, 0, batches, int(self.t['num_workers']))
+        n = 0
+        for b in loader:
+            z = net.encoder(b['image'].to(self.device))
+            net.dec_depth(z)
+            net.dec_seg(z)
+            n += 1
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        self.net.train()
+        return n
+
+    def run(self, stage='all'):
+        """Train every stage of the plan, export ``RUN/export``; return a summary dict."""
+        plan = stage_plan(self.method, stage)
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, self._handle_signal)
+            except ValueError:  # not the main thread
+                pass
+        try:
+            for i, name in enumerate(plan):
+                self.train_stage(name, i)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        summary = {'method': self.method, 'seed': self.seed, 'stages': plan,
+                   'steps': self.steps, 'monitor': self.monitor, 'run_dir': str(self.run_dir)}
+        if 'stage1' in plan and 'stage2' not in plan:
+            summary['export_dir'] = None
+            return summary
+        n_bn = 0
+        if self.method == 'twin_vae' or self.t['bn_recalibrate_baselines']:
+            n_bn = self.recalibrate_bn(int(self.t['bn_recalibration_batches'])
+                                       if self.is_main else 0)
+        summary['bn_recalibration_batches'] = n_bn
+        export = self.run_dir / 'export'
+        if self.is_main:
+            export_model_dir(self.net, export, metadata={
+                'method': self.method, 'seed': self.seed, 'steps': self.steps,
+                'bn_recalibration_batches': n_bn, 'config': self.cfg})
+            (self.run_dir / 'summary.json').write_text(json.dumps(summary | {
+                'export_dir': str(export)}, indent=1))
+        if self.world > 1:
+            dist.barrier()
+        summary['export_dir'] = str(export)
+        return summary
+
+    def close(self):
+        """Leave the process group (DDP)."""
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(cfg, run_dir, stage='all', method='twin_vae', resume=False):
+    """Python API: train ``method`` on ``cfg`` into ``run_dir``; return a dict with export_dir.
+
+    Raises NonFiniteLoss when a loss term becomes NaN/inf.
+    """
+    trainer = Trainer(cfg, run_dir, method, resume)
+    try:
+        return trainer.run(stage)
+    finally:
+        trainer.close()
+
+
+def build_parser():
+    """The command line (``--help`` lists every option)."""
+    p = argparse.ArgumentParser(
+        prog='python -m training.train',
+        description='Train the sim2real twin-VAE (stage 1: unpaired real+sim images; stage 2: '
+                    'depth and segmentation heads on paired sim data) or a baseline, and '
+                    'export RUN/export for sim2real_perception.',
+        epilog='Outputs: RUN/checkpoints/{stage}_{last,best}.json (+ .safetensors, .optim.pt), '
+               'RUN/logs/{stage}.csv, RUN/logs/tb (TensorBoard), RUN/samples/*.png, '
+               'RUN/export (config.json + model.safetensors), RUN/summary.json. Exit codes: '
+               f'0 done, {EXIT_NONFINITE} NaN/inf loss, 130/143 stopped by SIGINT/SIGTERM '
+               'after saving. Multi-process: torchrun --nproc_per_node=N -m training.train ...')
+    p.add_argument('--config', default='cpu',
+                   help='preset name (paper, cpu, test) or a YAML file path (default: cpu)')
+    p.add_argument('--stage', default='all', choices=STAGES,
+                   help='twin_vae: 1 = twin-VAE only, 2 = heads only (needs a complete stage '
+                        '1 in the run dir), all = both (default). Baselines: all only')
+    p.add_argument('--method', default='twin_vae', choices=METHODS,
+                   help='twin_vae (the paper), sim_only (real encoder + heads supervised on '
+                        'sim frames, no adaptation) or oracle (same, supervised on the '
+                        'real split data.eval train labels)')
+    p.add_argument('--seed', type=int, default=None, help='overrides train.seed')
+    p.add_argument('--run-dir', default=None,
+                   help='output folder (default: outputs/runs/<preset>-<method>-s<seed>)')
+    p.add_argument('--resume', action='store_true',
+                   help='continue from RUN/checkpoints at the same step and schedule; '
+                        'stages already complete are loaded, not retrained')
+    p.add_argument('--set', dest='overrides', action='append', nargs='+', default=[],
+                   metavar='KEY=VALUE',
+                   help='config override, e.g. --set train.batch_size=4 loss.kl_real=0.01 '
+                        '(repeatable; unknown keys are errors)')
+    p.add_argument('--device', default=None,
+                   help='auto | cpu | cuda | cuda:N (overrides train.device; auto = CUDA '
+                        'when present, with bf16 autocast if train.bf16)')
+    p.add_argument('--deterministic', action='store_true',
+                   help='deterministic algorithms (bit-exact resume); overrides '
+                        'train.deterministic')
+    p.add_argument('--no-progress', action='store_true', help='no tqdm progress bar')
+    return p
+
+
+def main(argv=None):
+    """Console entry point."""
+    args = build_parser().parse_args(argv)
+    overrides = [o for group in args.overrides for o in group]
+    cfg = load_config(args.config, overrides)
+    if args.seed is not None:
+        cfg['train']['seed'] = args.seed
+    if args.device is not None:
+        cfg['train']['device'] = args.device
+    if args.deterministic:
+        cfg['train']['deterministic'] = True
+    if args.no_progress:
+        cfg['train']['progress'] = False
+    run_dir = args.run_dir or \
+        f'outputs/runs/{cfg["preset"]}-{args.method}-s{cfg["train"]["seed"]}'
+    try:
+        summary = run(cfg, run_dir, args.stage, args.method, args.resume)
+    except NonFiniteLoss as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return EXIT_NONFINITE
+    except (CheckpointError, ValueError, KeyError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(json.dumps({k: summary.get(k) for k in ('method', 'seed', 'steps', 'monitor',
+                                                        'export_dir')}))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
