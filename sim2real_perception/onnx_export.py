@@ -83,17 +83,24 @@ def parity_check(model_dir, onnx_path, count=4):
 
 def main(argv=None):
     """Console entry: export, then print the parity check."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--model', required=True, help='exported model directory')
-    parser.add_argument('--out', help=f'output file (default: MODEL/{ONNX_NAME})')
-    parser.add_argument('--opset', type=int, default=18)
+    parser = argparse.ArgumentParser(
+        description=' '.join(__doc__.splitlines()[:1] +
+                             __doc__.split('\n\n', 2)[2].split()),
+        epilog='example: python -m sim2real_perception.onnx_export --model runs/cpu/export')
+    parser.add_argument('--model', required=True,
+                        help='exported model directory (config.json + model.safetensors)')
+    parser.add_argument('--out', help=f'output file (default: MODEL/{ONNX_NAME}, which '
+                                      f'depth_seg_node and backend auto pick up)')
+    parser.add_argument('--opset', type=int, default=18, help='ONNX opset (default: 18)')
+    parser.add_argument('--max-batch', type=int, default=64,
+                        help='largest batch the dynamic batch axis allows (default: 64)')
     parser.add_argument('--check-images', type=int, default=4,
-                        help='images in the parity check (0 skips it)')
+                        help='images in the parity check (default: 4; 0 skips it)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     LOG.setLevel(logging.INFO)
     try:
-        out = export_onnx(args.model, args.out, args.opset)
+        out = export_onnx(args.model, args.out, args.opset, args.max_batch)
     except ModelLoadError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2

@@ -140,6 +140,11 @@ def test_options_reach_the_metrics(setup):
     for i in (0, 1):  # max_frames=2 of 3: frames int(0 * 1.5), int(1 * 1.5)
         want.update(predictor.predict(truth[i][0]).depth, truth[i][1])
     assert capped['depth']['abs_rel'] == pytest.approx(want.compute()['abs_rel'], rel=1e-6)
+    cropped = evaluate_model(root / 'a', data_cfg, split='all', backend='torch', crop='center',
+                             max_frames=1)
+    valid = truth[0][1][:, 30:70]  # the 128x128 model's aspect: the centre 40x40 of 40x100
+    assert cropped['depth']['n_pixels'] == np.count_nonzero(valid > 1e-3)
+    assert cropped['segmentation']['n_pixels'] == np.count_nonzero(truth[0][2][:, 30:70] != 255)
 
 
 def test_center_crop_keeps_native_resolution():

@@ -119,12 +119,19 @@ def diag_values(h):
     return values
 
 
-def test_console_script_serves_small_and_1242x375_frames_across_processes(
-        start_node, model_dir, context, tmp_path):
+def _bad(width, height, encoding, step, size):
+    msg = Image(width=width, height=height, encoding=encoding, step=step)
+    msg.data = bytes(size)
+    return msg
+
+
+def test_console_script_serves_1242x375_frames_across_processes_and_survives_bad_ones(
+        start_node, model_dir, context):
     ns = f'proc{os.getpid()}'
     image_topic = f'/{ns}/camera/image_raw'
-    node = start_node(model_dir, '-p', 'diagnostics_period:=0.3', image_topic=image_topic,
-                      backend='torch', device='cpu', namespace=ns)
+    node = start_node(model_dir, '-p', 'diagnostics_period:=0.3', '-p',
+                      'warn_throttle_period:=60.0', '-p', 'max_input_pixels:=1000000',
+                      image_topic=image_topic, backend='torch', device='cpu', namespace=ns)
     h = Harness(context, namespace=f'/{ns}', image_topic=image_topic,
                 info_topic=f'/{ns}/camera/camera_info')
     try:
@@ -138,6 +145,8 @@ def test_console_script_serves_small_and_1242x375_frames_across_processes(
             h.info_pub.publish(info)
             h.send(bgr, 'bgr8', stamp=(42, 7), frame_id='cam')
 
+        # Resent until answered: a best-effort reader drops samples from a writer it has
+        # not matched yet, so the first frames after discovery can vanish.
         assert h.send_until(send, lambda: all(h.received.values())), node.output()
         for topic, enc, step in (('depth', '32FC1', 320 * 4), ('segmentation', 'mono8', 320),
                                  ('segmentation_color', 'rgb8', 320 * 3)):
@@ -168,33 +177,11 @@ def test_console_script_serves_small_and_1242x375_frames_across_processes(
             assert len(msg.data) == 1242 * 375 * nbytes
             assert msg.header.stamp.sec >= 1000
         assert 'fastdds_large_shm.xml (large shared-memory segment) applied' in node.output()
-        assert h.spin_until(lambda: int(diag_values(h).get('processed', 0)) >= 3)
-    finally:
-        h.close()
-    assert node.stop() == 0, node.output()
 
-
-def _bad(width, height, encoding, step, size):
-    msg = Image(width=width, height=height, encoding=encoding, step=step)
-    msg.data = bytes(size)
-    return msg
-
-
-def test_bad_frames_counted_warned_once_and_next_frame_served(start_node, model_dir, context):
-    ns = f'bad{os.getpid()}'
-    node = start_node(model_dir, '-p', 'diagnostics_period:=0.3', '-p',
-                      'warn_throttle_period:=60.0', '-p', 'max_input_pixels:=1000000',
-                      backend='torch', device='cpu', namespace=ns)
-    h = Harness(context, namespace=f'/{ns}')
-    try:
-        wait_for_node(h, node)
-        # Warm up until a frame comes back: a best-effort reader drops samples from a writer
-        # it has not matched yet, so the first frames after discovery can vanish.
-        assert h.send_until(lambda: h.send(test_image(100, 50), 'rgb8', stamp=(1, 0)),
-                            lambda: h.received['depth']), node.output()
-        h.spin_until(lambda: False, timeout=1.0)
+        # Bad frames: each counted as malformed, the node keeps serving.
+        h.spin_until(lambda: False, timeout=0.7)
         processed = diag_values(h)['processed']
-        assert diag_values(h)['malformed'] == '0'
+        assert int(processed) >= 3 and diag_values(h)['malformed'] == '0'
         h.clear()
         bad = [_bad(100, 50, 'rgb8', 200, 200 * 50),          # step shorter than a row
                _bad(100, 50, 'rgb8', 300, 300 * 50 - 7),      # truncated data
@@ -215,7 +202,7 @@ def test_bad_frames_counted_warned_once_and_next_frame_served(start_node, model_
         assert diag_values(h)['malformed'] == '5'
     finally:
         h.close()
-    assert node.stop() == 0
+    assert node.stop() == 0, node.output()
     out = node.output()
     # Five rejections, one warning line: the throttle works (the first names the problem).
     assert out.count('rejected image') == 1, out
@@ -260,22 +247,25 @@ def test_nan_weights_are_counted_published_as_nan_and_serving_goes_on(
     assert node.output().count('model produced NaN depth') == 1  # throttled
 
 
-@pytest.mark.parametrize('case', ['missing_dir', 'corrupt_safetensors', 'corrupt_onnx'])
-def test_missing_or_corrupt_model_exits_nonzero_naming_the_file(model_dir, tmp_path, case):
-    target = tmp_path / 'model'
-    if case == 'missing_dir':
-        bad_file = target
-    else:
-        target.mkdir()
-        (target / 'config.json').write_bytes((model_dir / 'config.json').read_bytes())
-        (target / 'model.safetensors').write_bytes(
-            (model_dir / 'model.safetensors').read_bytes())
-        name = 'model.safetensors' if case == 'corrupt_safetensors' else 'model.onnx'
-        bad_file = target / name
-        bad_file.write_bytes(b'\x08\x07 this is not a model ' * 10)
-    backend = 'onnxruntime' if case == 'corrupt_onnx' else 'torch'
-    proc = subprocess.run(console_command(target, backend=backend, device='cpu'),
-                          env=node_env(), capture_output=True, text=True, timeout=60)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out
-    assert str(bad_file) in out and 'cannot start' in out, out
+def test_missing_or_corrupt_model_exits_nonzero_naming_the_file(model_dir, tmp_path):
+    cases = {}
+    for case in ('missing_dir', 'corrupt_safetensors', 'corrupt_onnx'):
+        target = tmp_path / case
+        if case == 'missing_dir':
+            bad_file = target
+        else:
+            target.mkdir()
+            for name in ('config.json', 'model.safetensors'):
+                (target / name).write_bytes((model_dir / name).read_bytes())
+            bad_file = target / ('model.onnx' if case == 'corrupt_onnx' else
+                                 'model.safetensors')
+            bad_file.write_bytes(b'\x08\x07 this is not a model ' * 10)
+        backend = 'auto' if case == 'corrupt_onnx' else 'torch'  # auto picks model.onnx
+        proc = subprocess.Popen(console_command(target, backend=backend, device='cpu'),
+                                env=node_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        cases[case] = (proc, bad_file)
+    for case, (proc, bad_file) in cases.items():
+        out, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 1, (case, out)
+        assert 'cannot start' in out and str(bad_file) in out, (case, out)

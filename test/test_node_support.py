@@ -6,10 +6,13 @@ it is a stand-alone camera process (the publisher side of the cross-process test
     python test/test_node_support.py --width 1242 --height 375 --count 5
 """
 import argparse
+import contextlib
+import io
 import sys
 import time
 
 import numpy as np
+import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -32,6 +35,26 @@ def make_model_dir(path, preset='test'):
     import torch
     torch.manual_seed(0)
     return export_model_dir(build_model(load_config(preset)['model']).eval(), path)
+
+
+@pytest.fixture(scope='session')
+def onnx_model(tmp_path_factory):
+    """Return (dir, exit code, printed text) of one CLI ONNX export shared by the session.
+
+    Export takes ~10-20 s here, so test_onnx_export.py and test_predictor.py share it: each
+    module that imports this fixture gets its own copy, hence the process-wide cache.
+    """
+    if 'onnx_model' not in _SESSION_CACHE:
+        from sim2real_perception import onnx_export
+        model = make_model_dir(tmp_path_factory.mktemp('onnx_model'))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = onnx_export.main(['--model', str(model)])
+        _SESSION_CACHE['onnx_model'] = (model, rc, out.getvalue())
+    return _SESSION_CACHE['onnx_model']
+
+
+_SESSION_CACHE = {}
 
 
 def test_image(width, height, seed=0):

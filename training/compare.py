@@ -29,6 +29,7 @@ import numpy as np
 
 from sim2real_perception.config import load_config
 from sim2real_perception.model_io import CONFIG_NAME, ModelLoadError
+from sim2real_perception.predictor import Predictor
 
 from .data import DataError
 from .evaluate import eval_settings, evaluate_models, json_safe, save_figure, write_json
@@ -209,8 +210,9 @@ def build_parser():
                    help='shorthand for --set data.sim.root=DIR data.real.root=DIR '
                         'data.eval.root=DIR (a procedural data folder)')
     p.add_argument('--set', nargs='+', action='append', default=[], metavar='KEY=VALUE',
-                   help='config override for training and evaluation, repeatable, e.g. '
-                        'train.stage1_steps=200 eval.median_scaling=true')
+                   help='config overrides for training and evaluation, repeatable, e.g. '
+                        'train.stage1_steps=200 eval.median_scaling=true (eval.* keys only '
+                        'change the scoring, so finished runs are still reused)')
     p.add_argument('--max-frames', type=int, default=None, metavar='N',
                    help='score at most N frames per split (default: eval.max_frames, 0 = all)')
     p.add_argument('--backend', default=None, choices=('auto', 'torch', 'onnxruntime'),
@@ -233,6 +235,8 @@ def run_compare(args):
         overrides = [f'data.{s}.root={root}' for s in ('sim', 'real', 'eval')] + overrides
     cfg = load_config(args.config, overrides)
     settings = eval_settings(cfg, max_frames=args.max_frames, backend=args.backend)
+    # eval.* settings only change the scoring: they are not training requests.
+    train_overrides = [o for o in overrides if not o.startswith('eval.')]
     rows = [(m, m, []) for m in dict.fromkeys(args.methods)] + \
         [parse_variant(v) for v in args.variant]
     if len({r[0] for r in rows}) != len(rows):
@@ -243,7 +247,7 @@ def run_compare(args):
     for row, method, extra in rows:
         for seed in seeds:
             name = f'{row}_s{seed}'
-            info = ensure_run((method, seed, overrides + extra), args.config,
+            info = ensure_run((method, seed, train_overrides + extra), args.config,
                               out / 'runs' / name, args.retrain, args.in_process)
             runs[name] = {'row': row, 'method': method, 'seed': seed, 'overrides': extra,
                           **info}
@@ -259,11 +263,14 @@ def run_compare(args):
           f'{"on" if settings["median_scaling"] else "off"}, Garg crop '
           f'{"on" if settings["garg_crop"] else "off"}).', '']
     text = []
+    models = {name: info['export_dir'] for name, info in runs.items()}
+    predictors = {name: Predictor.from_path(d, backend=settings['backend'],
+                                            device=settings['device'])
+                  for name, d in models.items()}  # loaded once, used for both splits
     for split_name, section, split in SPLITS:
         s = dict(settings, split=split, figure_rows=settings['figure_rows'])
         t0 = time.perf_counter()
-        models = {name: info['export_dir'] for name, info in runs.items()}
-        results, figure = evaluate_models(models, cfg['data'][section], s,
+        results, figure = evaluate_models(models, cfg['data'][section], s, predictors,
                                           progress=not args.quiet)
         summary = summarize(results, runs)
         gaps = gap_closed(summary)

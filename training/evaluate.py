@@ -300,8 +300,8 @@ def build_parser():
                    help='frames per predictor call (default: eval.batch_size)')
     p.add_argument('--figure-rows', type=int, default=None, metavar='N',
                    help='frames drawn in eval.png, 0 = no figure (default: eval.figure_rows)')
-    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                   help='config override, repeatable, e.g. eval.median_scaling=true, '
+    p.add_argument('--set', nargs='+', action='append', default=[], metavar='KEY=VALUE',
+                   help='config overrides, repeatable, e.g. eval.median_scaling=true, '
                         'eval.max_depth=50, eval.garg_crop=true, eval.crop=center, '
                         'data.eval.root=DIR, data.eval.format=kitti')
     p.add_argument('--out', required=True, metavar='DIR',
@@ -312,7 +312,7 @@ def build_parser():
 
 def run_cli(args):
     """Run the evaluation described by parsed ``args``; return the eval.json dict."""
-    overrides = list(args.set)
+    overrides = [o for group in args.set for o in group]
     data_name, split = args.data, args.split
     cfg0 = load_config(args.config, overrides)
     if split is not None and split not in SPLITS:

@@ -13,15 +13,17 @@ from sim2real_perception.labels import colorize
 COLUMNS = ('input', 'depth (pred)', 'depth (GT)', 'labels (pred)', 'labels (GT)')
 
 
-def colorize_depth(depth, max_depth=80.0):
-    """Metres -> rgb8 via inverse depth (near = bright); invalid (0/NaN) black, +inf = far."""
+def colorize_depth(depth, max_depth=80.0, near=1.5):
+    """Metres -> rgb8 on a log scale (near = bright); invalid (0/NaN) black, +inf = far.
+
+    Log depth spreads the 5-40 m range of street scenes over the colour map, where inverse
+    depth would leave everything beyond 10 m nearly black.
+    """
     d = np.asarray(depth, dtype=np.float32)
     valid = np.isfinite(d) & (d > 0)
-    inv = np.zeros_like(d)
-    inv[valid] = 1.0 / np.clip(d[valid], 1e-3, max_depth)
-    inv[np.isposinf(d)] = 1.0 / max_depth
-    lo, hi = 1.0 / max_depth, 1.0 / 2.0
-    scaled = np.clip((inv - lo) / (hi - lo), 0, 1)
+    logd = np.full(d.shape, np.log(max_depth), np.float32)
+    logd[valid] = np.log(np.clip(d[valid], near, max_depth))
+    scaled = np.clip((np.log(max_depth) - logd) / (np.log(max_depth) - np.log(near)), 0, 1)
     rgb = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_MAGMA)[..., ::-1]
     rgb = rgb.copy()
     rgb[~(valid | np.isposinf(d))] = 0

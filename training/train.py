@@ -233,6 +233,7 @@ class Trainer:
                     raise CheckpointError(f'--stage 2 needs a complete stage 1 in '
                                           f'{self.ckpt_dir} (run --stage 1 first)')
                 load_checkpoint(self.ckpt_dir, 'stage1_last', self.net)
+                self.last_good = self.ckpt_dir / 'stage1_last.json'
                 self._log(f'[stage2] starting from {self.ckpt_dir / "stage1_last.json"}')
             torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
         self.steps[stage] = total
@@ -326,6 +327,10 @@ class Trainer:
                 raise SystemExit(128 + self.stop_signal)
         bar.close()
         if self.world > 1:
+            # DDP broadcasts rank 0's buffers (BatchNorm statistics) before every forward, so
+            # they are the run's buffers; copy them once more after the last step's update.
+            for buf in self.net.buffers():
+                dist.broadcast(buf, 0)
             dist.barrier()
         path = self._save(f'{stage}_last', stage, opt, step, (step - 1) // spe, spe, total,
                           complete=True, extra=extra)
@@ -524,7 +529,11 @@ def main(argv=None):
     """Console entry point."""
     args = build_parser().parse_args(argv)
     overrides = [o for group in args.overrides for o in group]
-    cfg = load_config(args.config, overrides)
+    try:
+        cfg = load_config(args.config, overrides)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
     if args.seed is not None:
         cfg['train']['seed'] = args.seed
     if args.device is not None:

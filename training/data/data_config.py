@@ -28,7 +28,8 @@ DEFAULTS = {
     'labels_root': '',            # vkitti2: separate classSegmentation tree ('' = root)
     'depth_type': 'groundtruth',  # kitti: proj_depth sub-folder (groundtruth|velodyne_raw|dense)
     'with_depth': True,           # load depth ground truth where the format has it
-    'with_labels': True,          # load label ground truth where the format has it
+    'with_labels': True,          # load label ground truth where the format has it (kitti:
+                                  # drives with a semantic/ folder, see training/data/kitti.py)
     'split_dir': 'training',      # kitti_semantics: training | testing
     'topic': '',                  # rosbag: image topic ('' = the only image topic)
     'depth_topic': '',            # rosbag: ground-truth depth topic ('' = none)
@@ -88,8 +89,10 @@ def open_source(data_cfg) -> FrameSource:
             depth_root = depth_root or _procedural_root(root, 'kitti/depth_annotated')
             root = _procedural_root(root, 'kitti/raw')
         depth_type = cfg['depth_type'] if cfg['with_depth'] else None
+        # Real KITTI raw drives have no dense labels: read them where a drive has them.
+        labels = cfg['with_labels'] and (True if fmt == 'procedural_real' else 'auto')
         return KittiRawReader(root, cfg['drives'], cfg['camera'] or 'image_02', depth_root,
-                              depth_type, cfg['with_labels'], skip)
+                              depth_type, labels, skip)
     if fmt == 'kitti_semantics':
         return KittiSemanticsReader(root, cfg['split_dir'], cfg['with_labels'],
                                     cfg['strict_colors'], skip)

@@ -16,8 +16,10 @@ sub-folder such as ``dense`` (written by the procedural generator). With depth, 
 are those that have a depth file (KITTI annotates all but the first/last 5 of a drive).
 
 Dense labels for raw frames are not part of KITTI; the procedural generator adds them as
-``<drive>_sync/semantic/image_02/NNNNNNNNNN.png`` (Cityscapes ids), read with
-``with_labels``. The KITTI semantics benchmark (``root`` holds ``training/``)::
+``<drive>_sync/semantic/image_02/NNNNNNNNNN.png`` (Cityscapes ids). ``with_labels='auto'``
+reads them for the drives that have that folder (real KITTI: none), ``True`` requires them.
+
+The KITTI semantics benchmark (``root`` holds ``training/``)::
 
     training/image_2/NNNNNN_10.png     training/semantic/NNNNNN_10.png (Cityscapes ids)
 """
@@ -94,7 +96,7 @@ class KittiRawReader(FrameSource):
         self.root = Path(root)
         self.depth_root = Path(depth_root) if depth_root else self.root
         self.camera, self.depth_type = camera, depth_type or None
-        self.with_labels = bool(with_labels)
+        self.with_labels = with_labels if with_labels == 'auto' else bool(with_labels)
         self._k = {}
         if not self.root.is_dir():
             raise DataError(f'{self.root}: KITTI raw root not found')
@@ -132,19 +134,22 @@ class KittiRawReader(FrameSource):
             depth_dir = self._depth_dir(drive_dir)
             if depth_dir is None:
                 self.bad(drive_dir, f'no proj_depth/{self.depth_type}/{self.camera} for this '
-                                    f'drive under {self.depth_root}')
+                                    f'drive under {self.depth_root} (set data depth_root to '
+                                    'the depth-annotation tree, or with_depth: false)')
                 return
             frames = [(m.group(1), depth_dir / p.name) for p in sorted(depth_dir.iterdir())
                       if (m := RAW_FRAME_RE.match(p.name))]
         else:
             frames = [(m.group(1), None) for p in sorted(image_dir.iterdir())
                       if (m := RAW_FRAME_RE.match(p.name))]
+        labels_dir = drive_dir / 'semantic' / self.camera
+        with_labels = self.with_labels if self.with_labels != 'auto' else labels_dir.is_dir()
         for number, depth_path in frames:
             paths = {'image': image_dir / f'{number}.png'}
             if depth_path is not None:
                 paths['depth'] = depth_path
-            if self.with_labels:
-                paths['labels'] = drive_dir / 'semantic' / self.camera / f'{number}.png'
+            if with_labels:
+                paths['labels'] = labels_dir / f'{number}.png'
             missing = [p for p in paths.values() if not p.is_file()]
             if missing:
                 other = depth_path if missing[0] == paths['image'] else paths['image']
@@ -183,6 +188,8 @@ class KittiSemanticsReader(FrameSource):
         super().__init__(skip_bad)
         self.root = Path(root)
         self.strict_ids = bool(strict_ids)
+        #: ``(file, pixels)`` of label maps with non-Cityscapes ids (non-strict mode only).
+        self.unknown_ids = []
         image_dir = self.root / split / 'image_2'
         if not image_dir.is_dir():
             raise DataError(f'{image_dir}: KITTI semantics folder not found')
@@ -205,8 +212,12 @@ class KittiSemanticsReader(FrameSource):
         frame = {'image': read_rgb(sample.paths['image'])}
         if 'labels' in sample.paths:
             ids = read_ids(sample.paths['labels'])
-            if self.strict_ids and ids.max() > MAX_CITYSCAPES_ID:
-                raise DataError(f'{sample.paths["labels"]}: label id {int(ids.max())} is not a '
-                                'Cityscapes id (set strict_colors: false to ignore it)')
+            unknown = int((ids > MAX_CITYSCAPES_ID).sum())
+            if unknown:
+                if self.strict_ids:
+                    raise DataError(f'{sample.paths["labels"]}: label id {int(ids.max())} is '
+                                    'not a Cityscapes id (set strict_colors: false to ignore '
+                                    'it)')
+                self.unknown_ids.append((str(sample.paths['labels']), unknown))
             frame['labels'] = cityscapes_lut()[ids]
         return frame

@@ -43,7 +43,7 @@ from sim2real_perception.labels import (CLASS_NAMES, CLASS_TO_CITYSCAPES_ID,
 
 from . import kitti, vkitti2
 from .image_files import write_png, write_rgb
-from .street_scene import ENVIRONMENTS, Camera, ray_cast, sample_layout
+from .street_scene import Camera, ray_cast, sample_layout
 from .street_style import (VARIATIONS, RealStyle, SimStyle, lidar_depth, real_look,
                            render_real, render_sim, style_from_overrides)
 
@@ -206,11 +206,27 @@ def _write_calib(path, height, width, focal):
                     f'P_rect_02: {p}\n')
 
 
-def _prepare_out(out, overwrite):
-    parts = [out / 'manifest.json', out / 'vkitti2', out / 'kitti']
+MARKER = '.make_procedural_incomplete'
+
+
+def _prepare_out(out, overwrite, request):
+    """Make ``out`` ready; return the existing manifest when it already holds ``request``.
+
+    A folder left incomplete by an interrupted run (marker file, no manifest) is replaced;
+    finished data with other parameters needs ``overwrite``.
+    """
+    manifest_path = out / 'manifest.json'
+    parts = [manifest_path, out / 'vkitti2', out / 'kitti']
     present = [p for p in parts if p.exists()]
-    if present and not overwrite:
-        raise FileExistsError(f'{out} already holds generated data ({present[0].name}); '
+    if manifest_path.is_file() and not overwrite and not (out / MARKER).exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError:
+            manifest = {}
+        if manifest.get('version') == VERSION and manifest.get('request') == request:
+            return manifest
+    if present and not overwrite and not (out / MARKER).exists():
+        raise FileExistsError(f'{out} already holds other generated data ({present[0].name}); '
                               'pass --overwrite to replace it')
     for p in present:
         if p.is_dir():
@@ -218,6 +234,8 @@ def _prepare_out(out, overwrite):
         else:
             p.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text('generation in progress or interrupted\n')
+    return None
 
 
 def generate(out, sim_frames=DEFAULT_SIM_FRAMES, real_frames=DEFAULT_REAL_FRAMES,
@@ -251,8 +269,16 @@ def generate(out, sim_frames=DEFAULT_SIM_FRAMES, real_frames=DEFAULT_REAL_FRAMES
     cfg = {'out': str(out), 'seed': int(seed), 'height': height, 'width': width,
            'variations': variations, 'frames': frames, 'sim_style': asdict(sim),
            'real_style': asdict(real)}
+    request = json.loads(json.dumps({
+        'sim_frames': sim_frames, 'real_frames': real_frames, 'height': height, 'width': width,
+        'seed': int(seed), 'variations': variations, 'frames_per_sequence': seq_len,
+        'sim_style': cfg['sim_style'], 'real_style': cfg['real_style']}))
     focal = Camera.kitti_like(height, width, 1.0).fx
-    _prepare_out(out, overwrite)
+    existing = _prepare_out(out, overwrite, request)
+    if existing is not None:
+        existing['elapsed_s'] = 0.0
+        existing['up_to_date'] = True
+        return existing
     tasks = []
     for domain in (SIM, REAL):
         for index, n in enumerate(frames[domain]):
@@ -265,9 +291,11 @@ def generate(out, sim_frames=DEFAULT_SIM_FRAMES, real_frames=DEFAULT_REAL_FRAMES
     results = _run_tasks(tasks, workers, progress)
     elapsed = time.perf_counter() - t0
     manifest = _manifest(cfg, results, sim, real, focal)
+    manifest['request'] = request
     tmp = out / 'manifest.json.tmp'
     tmp.write_text(json.dumps(manifest, indent=2) + '\n')
     tmp.replace(out / 'manifest.json')
+    (out / MARKER).unlink()
     manifest['elapsed_s'] = elapsed   # not in the file: the file is a function of the seed
     return manifest
 
@@ -301,6 +329,9 @@ def _run_tasks(tasks, workers, progress):
 
 def _manifest(cfg, results, sim, real, focal):
     classes = sum((r['classes'] for r in results), np.zeros((2, 256), np.int64))
+    van, car = CLASS_NAMES.index('van'), CLASS_NAMES.index('car')
+    classes[REAL, car] += classes[REAL, van]   # as written: KITTI labels vans as car
+    classes[REAL, van] = 0
     sums, counts = {}, {}
     for r in results:
         for key, value in r['stats'].items():
@@ -385,7 +416,9 @@ def build_parser():
                         help='worker processes (default: min(2, CPU count) = %(default)s)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace generated data already in --out (only manifest.json, '
-                             'vkitti2/ and kitti/ are removed)')
+                             'vkitti2/ and kitti/ are removed). Without it, data with the same '
+                             'parameters is kept as is, an interrupted run is redone, and other '
+                             'data is an error')
     parser.add_argument('--preview', type=Path, metavar='PNG',
                         help='also write a PNG grid of sim and real frames with depth and '
                              'labels (as python -m training.data.preview)')
@@ -404,14 +437,18 @@ def main(argv=None):
     except (ValueError, FileExistsError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
-    n = manifest['sim']['images'] + manifest['real']['frames']
-    print(f'wrote {manifest["sim"]["images"]} sim images ({len(manifest["sim"]["scenes"])} '
-          f'scenes x {len(manifest["sim"]["variations"])} variations) and '
-          f'{manifest["real"]["frames"]} real frames ({len(manifest["real"]["drives"])} drives) '
-          f'at {args.width}x{args.height} to {args.out} in {manifest["elapsed_s"]:.1f} s '
-          f'({n / max(manifest["elapsed_s"], 1e-9):.1f} frames/s, {args.workers} workers)')
-    for key, values in manifest['image_stats'].items():
-        print(f'  {key:14s} ' + ' '.join(f'{k}={v:.3f}' for k, v in values.items()))
+    if manifest.get('up_to_date'):
+        print(f'{args.out} already holds this data (same seed and parameters): nothing to do')
+    else:
+        n = manifest['sim']['images'] + manifest['real']['frames']
+        print(f'wrote {manifest["sim"]["images"]} sim images ({len(manifest["sim"]["scenes"])} '
+              f'scenes x {len(manifest["sim"]["variations"])} variations) and '
+              f'{manifest["real"]["frames"]} real frames ({len(manifest["real"]["drives"])} '
+              f'drives) at {args.width}x{args.height} to {args.out} in '
+              f'{manifest["elapsed_s"]:.1f} s ({n / max(manifest["elapsed_s"], 1e-9):.1f} '
+              f'frames/s, {args.workers} workers)')
+        for key, values in manifest['image_stats'].items():
+            print(f'  {key:14s} ' + ' '.join(f'{k}={v:.3f}' for k, v in values.items()))
     if args.preview:
         from .preview import save_preview
         save_preview(args.out, args.preview)

@@ -185,7 +185,7 @@ def base_colours(geo, layout):
 
 
 def object_colours(layout):
-    """Base colour (N, 3) of every box then sphere of ``layout`` (cached on the layout)."""
+    """Return the base colour (N, 3) of every box then sphere (cached on the layout)."""
     table = getattr(layout, '_colours', None)
     if table is None:
         classes = np.concatenate([layout.box_class, layout.sphere_class])
@@ -326,6 +326,14 @@ def _clip_near(poly, near):
     return np.array(out).reshape(-1, 3)
 
 
+@lru_cache(maxsize=8)
+def _vignette(h, w, strength):
+    """Brightness factor (times 255) falling off by ``strength / 2`` at the image corners."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
+    return ((1 - strength * r2 / 2) * 255.0).astype(np.float32)
+
+
 def real_look(rng, style):
     """Draw the per-drive appearance parameters of the real style."""
     g = style.gap
@@ -351,26 +359,34 @@ def render_real(geo, layout, cam, style, look, rng):
     img = col * light[..., None]
     sky = geo.kind == KIND_SKY
     rays = geo.rays[:, sky]
-    sky_col = _sky(rays, (0.55, 0.68, 0.88), (0.85, 0.88, 0.92))
+    sim = SimStyle()   # gap 0: the sim sky; gap 1: a paler, hazier photo sky with clouds
+    top = np.add(sim.sky_top, g * (np.subtract((0.55, 0.68, 0.88), sim.sky_top)))
+    horizon = np.add(sim.sky_horizon, g * (np.subtract((0.85, 0.88, 0.92), sim.sky_horizon)))
+    sky_col = _sky(rays, top, horizon)
     up = np.maximum(rays[1], 0.05)
     clouds = value_noise(rays[0] / up * 2, 1 / up * 2, look['texture_seed'] + 9)
     sky_col = sky_col + (g * 0.25 * np.clip(clouds - 0.4, 0, 1))[..., None]
     img[sky] = sky_col * (1 - g) + np.minimum(sky_col * 1.15, 1.0) * g
-    # Camera: white balance, exposure, saturation, vignetting, blur, noise, JPEG.
-    img *= look['gains'] * np.exp(rng.normal(0, style.exposure * g))
-    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
-    sat = 1 + (style.saturation - 1) * g
-    img = grey[..., None] + (img - grey[..., None]) * sat
+    # Camera: white balance, exposure, saturation, vignetting, blur, noise, JPEG (in place).
+    img *= look['gains'] * np.float32(np.exp(rng.normal(0, style.exposure * g)))
+    grey = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    img -= grey
+    img *= np.float32(1 + (style.saturation - 1) * g)
+    img += grey
     h, w = geo.depth.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    r2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
-    img *= (1 - style.vignetting * g * r2 / 2)[..., None]
+    img *= _vignette(h, w, float(style.vignetting * g))[..., None]   # also scales to 0..255
     sigma = style.blur_sigma * g * h / 256
     if sigma > 0.05:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
-    img = img * 255.0 + rng.standard_normal(img.shape, dtype=np.float32) * (
-        style.noise_std * g * np.sqrt(np.clip(img, 0.05, 1.0) * 255.0 / 128.0))
-    img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    if style.noise_std * g > 0:   # shot-noise-like: std grows with the square root of signal
+        amp = np.clip(img, 12.75, 255.0)
+        amp *= np.float32(1 / 128.0)
+        np.sqrt(amp, out=amp)
+        amp *= np.float32(style.noise_std * g)
+        amp *= rng.standard_normal(img.shape, dtype=np.float32)
+        img += amp
+    img += np.float32(0.5)
+    img = np.clip(img, 0, 255, out=img).astype(np.uint8)
     if style.jpeg_quality and g > 0:
         q = int(round(100 - (100 - style.jpeg_quality) * min(g, 1.0)))
         ok, buf = cv2.imencode('.jpg', img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])

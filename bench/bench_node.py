@@ -1,0 +1,370 @@
+"""Benchmark depth_seg_node: per-stage timings in-process and end to end through real DDS.
+
+    .venv/bin/python bench/bench_node.py [--presets cpu paper] [--backends onnxruntime torch]
+        [--sizes 1242x375 256x256] [--frames 20] [--seconds 4] [--rate 30]
+
+For every preset and backend a randomly initialised model is exported (and cached under
+``outputs/bench_node/models``; speed does not depend on the weights). Two measurements:
+
+* stages: a DepthSegNode in this process runs ``process()`` on a real sensor_msgs/Image with a
+  real subscriber on every output, timing conversion, preprocessing, inference,
+  postprocessing (incl. colourising) and publishing exactly as the node does;
+* end to end: the node runs as its console script in its own process (what users run); this
+  process is the camera (best-effort rgb8, large shared-memory Fast DDS profile) and the
+  consumer of depth + segmentation + segmentation_color. Closed loop (send, wait for all
+  three outputs) gives latency; open loop at ``--rate`` Hz gives the sustained output rate
+  and the share of frames dropped (the node keeps only the newest frame).
+
+Prints a table and writes ``bench/results/bench_node.json``. The machine load (``uptime``)
+is recorded with the results: compare ratios from one run, not runs from different days.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+os.environ.setdefault('ROS_DOMAIN_ID', str(60 + os.getpid() % 40))
+
+from sim2real_perception import dds  # noqa: E402
+
+STAGES = ('conversion', 'preprocess', 'inference', 'postprocess', 'publish')
+OUTPUT_TOPICS = ('depth', 'segmentation', 'segmentation_color')
+
+
+def parse_size(text):
+    width, height = (int(v) for v in text.lower().split('x'))
+    return width, height
+
+
+def load_average():
+    try:
+        return [float(v) for v in Path('/proc/loadavg').read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def test_pattern(width, height, seed=0):
+    """A smooth colour pattern with noise, like test_node_support.test_image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
+                    (xx + yy) % 256], axis=-1) + rng.integers(0, 20, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def prepare_model(preset, cache):
+    """Return an exported model dir (+ model.onnx) for a preset, random weights, cached."""
+    import torch
+    from sim2real_perception.config import load_config
+    from sim2real_perception.model import build_model
+    from sim2real_perception.model_io import export_model_dir, read_model_config
+    from sim2real_perception.onnx_export import export_onnx
+    model_cfg = load_config(preset)['model']
+    out = cache / preset
+    if (out / 'model.onnx').is_file():
+        try:
+            if read_model_config(out)['model'] == build_model(model_cfg).cfg.to_dict():
+                return out
+        except Exception:  # noqa: BLE001 - stale cache: rebuild
+            pass
+    print(f'exporting a random {preset} model to {out} (once)...', flush=True)
+    torch.manual_seed(0)
+    export_model_dir(build_model(model_cfg).eval(), out, {'note': 'random weights, bench'})
+    export_onnx(out)
+    return out
+
+
+def _summary(values):
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return {}
+    return {'mean': float(arr.mean()), 'p50': float(np.percentile(arr, 50)),
+            'p90': float(np.percentile(arr, 90)), 'max': float(arr.max())}
+
+
+def bench_stages(model_dir, backend, sizes, frames, threads, budget):
+    """Time the node's own stages in this process (real publishers, real subscribers)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+    from sim2real_perception.depth_seg_node import DepthSegNode
+    from sim2real_perception.image_conversion import rgb_to_imgmsg
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    params = {'model_path': str(model_dir), 'backend': backend, 'device': 'cpu',
+              'threads': threads, 'log_period': 0.0, 'diagnostics_period': 60.0,
+              'publish_camera_info': False}
+    node = DepthSegNode(context=ctx, namespace='/bench_stages',
+                        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    sink = rclpy.create_node('bench_sink', namespace='/bench_stages', context=ctx)
+    for topic in OUTPUT_TOPICS:
+        sink.create_subscription(Image, topic, lambda m: None, 1)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(sink)
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not all(
+            p.get_subscription_count() for k, p in node._pubs.items() if k in OUTPUT_TOPICS):
+        executor.spin_once(timeout_sec=0.05)
+    rows = []
+    try:
+        for width, height in sizes:
+            msg = rgb_to_imgmsg(test_pattern(width, height))
+            for _ in range(3):
+                node.process(msg)
+            per_stage = {s: [] for s in STAGES}
+            totals = []
+            stop = time.monotonic() + budget
+            for _ in range(frames):
+                if len(totals) >= 3 and time.monotonic() > stop:
+                    break  # slow configurations: fewer frames
+                t0 = time.perf_counter()
+                pred = node.process(msg)
+                totals.append((time.perf_counter() - t0) * 1000)
+                for s in STAGES:
+                    per_stage[s].append(pred.timings[f'{s}_ms'])
+                executor.spin_once(timeout_sec=0)
+            mean = {s: float(np.mean(v)) for s, v in per_stage.items()}
+            total = float(np.mean(totals))
+            rows.append({'size': f'{width}x{height}', 'frames': len(totals),
+                         'stage_ms': mean, 'total_ms': total,
+                         'non_inference_share': 1 - mean['inference'] / total,
+                         'fps_in_process': 1000 / total,
+                         'backend_description': node.predictor.description})
+    finally:
+        executor.shutdown()
+        sink.destroy_node()
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    return rows
+
+
+class _Camera:
+    """This process's side of the end-to-end run: camera publisher and output consumer."""
+
+    def __init__(self, ctx, ns):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        self.node = rclpy.create_node('bench_camera', namespace=ns, context=ctx)
+        self.pub = self.node.create_publisher(Image, 'image', qos_profile_sensor_data)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.arrivals = {}   # stamp ns -> {topic: perf_counter}
+        self.subs = [self.node.create_subscription(
+            Image, t, lambda m, t=t: self._on_output(m, t), reliable) for t in OUTPUT_TOPICS]
+        self.executor = SingleThreadedExecutor(context=ctx)
+        self.executor.add_node(self.node)
+
+    def _on_output(self, msg, topic):
+        key = msg.header.stamp.sec * 10 ** 9 + msg.header.stamp.nanosec
+        self.arrivals.setdefault(key, {})[topic] = time.perf_counter()
+
+    def complete(self, key):
+        return len(self.arrivals.get(key, ())) == len(OUTPUT_TOPICS)
+
+    def spin_until(self, condition, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not condition():
+            self.executor.spin_once(timeout_sec=0.01)
+        return condition()
+
+
+def bench_end_to_end(model_dir, backend, sizes, frames, seconds, rate, threads, log_dir,
+                     budget):
+    """Run the console-script node in its own process and measure it over DDS."""
+    import rclpy
+    from sim2real_perception.image_conversion import rgb_to_imgmsg
+    ns = f'/bench_e2e_{os.getpid()}'
+    exe = Path(sys.executable).parent / 'depth_seg_node'
+    cmd = ([str(exe)] if exe.is_file() else [sys.executable, '-m',
+                                             'sim2real_perception.depth_seg_node'])
+    cmd += ['--ros-args', '-r', f'__ns:={ns}', '--params-file',
+            str(REPO / 'config' / 'depth_seg.yaml'), '-p', f'model_path:={model_dir}',
+            '-p', f'backend:={backend}', '-p', 'device:=cpu', '-p', f'threads:={threads}',
+            '-p', 'log_period:=0.0']
+    env = {k: v for k, v in os.environ.items() if k != dds.ENV_VAR}
+    log_path = log_dir / f'node_{model_dir.name}_{backend}.log'
+    with open(log_path, 'wb') as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    cam = _Camera(ctx, ns)
+    rows = []
+    try:
+        if not cam.spin_until(lambda: cam.pub.get_subscription_count() > 0 and all(
+                s.get_publisher_count() > 0 for s in cam.subs), timeout=60):
+            raise RuntimeError(f'node did not come up; see {log_path}')
+        stamp = [1]
+
+        def send(msg):
+            stamp[0] += 1
+            msg.header.stamp.sec, msg.header.stamp.nanosec = stamp[0], 0
+            cam.pub.publish(msg)
+            return stamp[0] * 10 ** 9, time.perf_counter()
+
+        for width, height in sizes:
+            msg = rgb_to_imgmsg(test_pattern(width, height))
+            # Warm up (and let discovery settle) until frames come back.
+            warm = 0
+            for _ in range(50):
+                key, _ = send(msg)
+                warm += cam.spin_until(lambda: cam.complete(key), timeout=10.0)
+                if warm >= 2:
+                    break
+            latencies, lost = [], 0
+            stop = time.monotonic() + budget
+            for _ in range(frames):
+                if len(latencies) >= 3 and time.monotonic() > stop:
+                    break
+                key, t0 = send(msg)
+                if cam.spin_until(lambda: cam.complete(key), timeout=30.0):
+                    latencies.append((max(cam.arrivals[key].values()) - t0) * 1000)
+                else:
+                    lost += 1
+            sent = {}
+            period = 1.0 / rate
+            start = time.perf_counter()
+            next_t = start
+            while time.perf_counter() - start < seconds:
+                now = time.perf_counter()
+                if now >= next_t:
+                    key, t0 = send(msg)
+                    sent[key] = t0
+                    next_t += period
+                else:
+                    cam.executor.spin_once(timeout_sec=min(next_t - now, 0.01))
+            cam.spin_until(lambda: False, timeout=1.0)
+            done = [k for k in sent if cam.complete(k)]
+            open_lat = [(max(cam.arrivals[k].values()) - sent[k]) * 1000 for k in done]
+            rows.append({
+                'size': f'{width}x{height}',
+                'closed_loop_latency_ms': _summary(latencies), 'closed_loop_lost': lost,
+                'closed_loop_fps': 1000 / np.mean(latencies) if latencies else 0.0,
+                'open_loop_input_hz': len(sent) / seconds,
+                'open_loop_output_fps': len(done) / seconds,
+                'open_loop_dropped_share': 1 - len(done) / max(len(sent), 1),
+                'open_loop_latency_ms': _summary(open_lat)})
+    finally:
+        cam.executor.shutdown()
+        cam.node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        proc.send_signal(2)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return rows
+
+
+def print_table(results):
+    head = (f'{"preset":6} {"backend":11} {"input":9} | {"conv":>5} {"pre":>5} {"infer":>6} '
+            f'{"post":>5} {"pub":>5} {"other%":>6} {"fps":>5} | {"e2e lat":>7} {"e2e fps":>7} '
+            f'{"drop%":>5}')
+    print(head)
+    print('-' * len(head))
+    for r in results:
+        s, e = r.get('stages', {}), r.get('end_to_end', {})
+        st = s.get('stage_ms', {})
+        lat = e.get('closed_loop_latency_ms', {}).get('p50', float('nan'))
+        print(f'{r["preset"]:6} {r["backend"]:11} {r["size"]:9} | '
+              + ' '.join(f'{st.get(k, float("nan")):{w}.1f}' for k, w in
+                         zip(STAGES, (5, 5, 6, 5, 5)))
+              + f' {100 * s.get("non_inference_share", float("nan")):6.1f}'
+              f' {s.get("fps_in_process", float("nan")):5.1f} | {lat:7.1f}'
+              f' {e.get("open_loop_output_fps", float("nan")):7.1f}'
+              f' {100 * e.get("open_loop_dropped_share", float("nan")):5.1f}')
+    print('stage columns: mean ms per frame in-process; other% = share of frame time that is '
+          'not inference;\ne2e: console-script node in its own process, lat = closed-loop '
+          'p50 ms (send -> all three outputs back), fps = outputs/s with input at --rate Hz.')
+
+
+def main(argv=None):
+    """Run the benchmark and write the JSON."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog='Results: bench/results/bench_node.json (and a printed table).')
+    parser.add_argument('--presets', nargs='+', default=['cpu', 'paper'],
+                        help='model presets (default: cpu paper)')
+    parser.add_argument('--backends', nargs='+', default=['onnxruntime', 'torch'],
+                        choices=['onnxruntime', 'torch'], help='inference backends')
+    parser.add_argument('--sizes', nargs='+', default=['1242x375', '256x256'],
+                        help='input image sizes WIDTHxHEIGHT (default: 1242x375 256x256)')
+    parser.add_argument('--frames', type=int, default=20,
+                        help='timed frames per stage / closed-loop run (default: 20)')
+    parser.add_argument('--seconds', type=float, default=4.0,
+                        help='length of each open-loop run in seconds (default: 4)')
+    parser.add_argument('--rate', type=float, default=30.0,
+                        help='open-loop input rate in Hz, a camera (default: 30)')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='node parameter threads, 0 = library default (default: 0)')
+    parser.add_argument('--budget', type=float, default=15.0,
+                        help='seconds per stage / closed-loop measurement before it stops '
+                             'early (at least 3 frames; default: 15)')
+    parser.add_argument('--skip-e2e', action='store_true',
+                        help='only the in-process stage timings')
+    parser.add_argument('--models', type=Path, default=REPO / 'outputs' / 'bench_node' / 'models',
+                        help='cache of exported random models')
+    parser.add_argument('--out', type=Path,
+                        default=REPO / 'bench' / 'results' / 'bench_node.json',
+                        help='JSON output (default: bench/results/bench_node.json)')
+    args = parser.parse_args(argv)
+    note = dds.apply_default_profile()  # before any rclpy.init: this process is the camera
+    sizes = [parse_size(s) for s in args.sizes]
+    import onnxruntime
+    import torch
+    meta = {'started_utc': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+            'load_average_before': load_average(), 'cpus': os.cpu_count(),
+            'machine': platform.processor() or platform.machine(),
+            'torch': torch.__version__, 'onnxruntime': onnxruntime.__version__,
+            'dds_profile': note, 'args': {k: str(v) for k, v in vars(args).items()}}
+    print(f'load average {meta["load_average_before"]} on {meta["cpus"]} CPUs; {note}')
+    results = []
+    log_dir = args.models.parent
+    for preset in args.presets:
+        model_dir = prepare_model(preset, args.models)
+        for backend in args.backends:
+            stages = bench_stages(model_dir, backend, sizes, args.frames, args.threads,
+                                  args.budget)
+            e2e = ([] if args.skip_e2e else
+                   bench_end_to_end(model_dir, backend, sizes, args.frames, args.seconds,
+                                    args.rate, args.threads, log_dir, args.budget))
+            for i, (w, h) in enumerate(sizes):
+                row = {'preset': preset, 'backend': backend, 'size': f'{w}x{h}',
+                       'stages': stages[i], 'end_to_end': e2e[i] if e2e else {}}
+                results.append(row)
+                print(f'{preset} {backend} {w}x{h}: {stages[i]["total_ms"]:.1f} ms/frame '
+                      f'in-process', flush=True)
+    meta['load_average_after'] = load_average()
+    targets = {}
+    for r in results:
+        if (r['preset'], r['backend'], r['size']) == ('cpu', 'onnxruntime', '1242x375'):
+            e2e_fps = r['end_to_end'].get('open_loop_output_fps')
+            targets = {
+                'cpu_onnxruntime_1242x375_e2e_fps': e2e_fps,
+                'e2e_fps_target_10_met': None if e2e_fps is None else e2e_fps >= 10,
+                'non_inference_share': r['stages']['non_inference_share'],
+                'non_inference_target_10pct_met': r['stages']['non_inference_share'] <= 0.10}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({'meta': meta, 'results': results, 'targets': targets},
+                                   indent=2))
+    print()
+    print_table(results)
+    print(f'\nload average before {meta["load_average_before"]}, after '
+          f'{meta["load_average_after"]}; targets: {targets}')
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The procedural generator: real formats on disk, read back by the same readers, seeded."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from sim2real_perception.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from training.data import DataError, build_dataset, open_source
+from training.data.make_procedural import build_parser, generate, main
+from training.data.preview import save_preview
+from training.data.street_scene import Camera, ray_cast, sample_layout
+from training.data.street_style import RealStyle, SimStyle, real_look, render_real, render_sim
+
+C = {name: i for i, name in enumerate(CLASS_NAMES)}
+H, W = 48, 96
+KW = dict(sim_frames=4, real_frames=4, height=H, width=W, seed=3, frames_per_sequence=2)
+
+
+@pytest.fixture(scope='module')
+def gen(tmp_path_factory):
+    """4 sim viewpoints x 2 variations (2 scenes) and 4 real frames (2 drives), one worker."""
+    root = tmp_path_factory.mktemp('proc') / 'data'
+    manifest = generate(root, variations=('clone', 'fog'), workers=1, **KW)
+    return root, manifest
+
+
+def _files(root, pattern):
+    return sorted(p for p in root.rglob(pattern) if p.is_file())
+
+
+def test_tree_is_vkitti2_and_kitti(gen):
+    root, manifest = gen
+    assert (root / 'manifest.json').is_file()
+    assert not (root / '.make_procedural_incomplete').exists()
+    on_disk = json.loads((root / 'manifest.json').read_text())
+    assert on_disk['seed'] == 3 and on_disk['sim']['frames'] == 4
+    assert on_disk['sim']['images'] == 8 and on_disk['real']['frames'] == 4
+    assert on_disk['sim']['scenes'] == {'Scene01': 2, 'Scene02': 2}
+    assert list(on_disk['real']['drives']) == ['2011_09_26_drive_0001_sync',
+                                               '2011_09_26_drive_0002_sync']
+    scene = root / 'vkitti2' / 'Scene02' / 'fog'
+    assert (scene / 'colors.txt').read_text().startswith('Category r g b\n')
+    for rel in ('frames/rgb/Camera_0/rgb_00001.jpg', 'frames/depth/Camera_0/depth_00001.png',
+                'frames/classSegmentation/Camera_0/classgt_00001.png', 'intrinsic.txt'):
+        assert (scene / rel).is_file(), rel
+    depth = cv2.imread(str(scene / 'frames/depth/Camera_0/depth_00001.png'), cv2.IMREAD_UNCHANGED)
+    assert depth.dtype == np.uint16 and depth.shape == (H, W) and (depth == 65535).any()
+    drive = root / 'kitti' / 'raw' / '2011_09_26' / '2011_09_26_drive_0002_sync'
+    assert len((drive / 'image_02' / 'timestamps.txt').read_text().splitlines()) == 2
+    assert (drive / 'image_02' / 'data' / '0000000001.png').is_file()
+    ids = cv2.imread(str(drive / 'semantic' / 'image_02' / '0000000001.png'),
+                     cv2.IMREAD_UNCHANGED)
+    assert ids.dtype == np.uint8 and ids.ndim == 2
+    assert set(np.unique(ids)) <= {7, 8, 11, 14, 17, 19, 20, 21, 22, 23, 26, 27}
+    sparse = cv2.imread(str(root / 'kitti' / 'depth_annotated' / 'train'
+                            / '2011_09_26_drive_0002_sync' / 'proj_depth' / 'groundtruth'
+                            / 'image_02' / '0000000001.png'), cv2.IMREAD_UNCHANGED)
+    assert sparse.dtype == np.uint16 and 0.02 < (sparse > 0).mean() < 0.8  # 64 beams, 48 rows
+    assert 'P_rect_02:' in (root / 'kitti/raw/2011_09_26/calib_cam_to_cam.txt').read_text()
+
+
+def test_read_back_through_build_dataset(gen):
+    root, manifest = gen
+    sim = build_dataset({'format': 'procedural_sim', 'root': str(root), 'variations': []},
+                        'all', 32, 64, train=True, seed=0)
+    real = build_dataset({'format': 'procedural_real', 'root': str(root)}, 'all', 32, 64,
+                         train=False, seed=0)
+    assert len(sim) == 8 and len(real) == 4
+    for ds, dense in ((sim, True), (real, False)):
+        for i in range(len(ds)):
+            s = ds[i]
+            assert s['image'].shape == (3, 32, 64) and s['image'].dtype.is_floating_point
+            assert -1 <= s['image'].min() and s['image'].max() <= 1 and s['image'].std() > 0.05
+            assert s['has_depth'] and s['has_labels']
+            depth, labels = s['depth'][0].numpy(), s['labels'].numpy()
+            assert s['depth'].shape == (1, 32, 64) and labels.shape == (32, 64)
+            ids = set(np.unique(labels).tolist())
+            assert ids <= set(range(NUM_CLASSES)) | {IGNORE_INDEX} and len(ids) >= 4
+            finite = depth[np.isfinite(depth) & (depth > 0)]
+            assert finite.min() > 0.3 and finite.max() < 700
+            if dense:   # every pixel has depth: +inf exactly where the label is sky
+                assert (depth > 0).all()
+                np.testing.assert_array_equal(np.isinf(depth), labels == C['sky'])
+            else:       # LiDAR lines: sparse, never on sky, within range
+                assert 0.02 < (depth > 0).mean() < 0.8 and not np.isinf(depth).any()
+                assert (depth[labels == C['sky']] == 0).all() and finite.max() < 81
+                assert C['van'] not in ids   # KITTI/Cityscapes has no van class
+
+
+def test_reader_intrinsics_match_manifest(gen):
+    root, manifest = gen
+    f = manifest['camera']['focal_px']
+    k_sim = open_source({'format': 'procedural_sim', 'root': str(root)}).load(0)['intrinsics']
+    k_real = open_source({'format': 'procedural_real', 'root': str(root)}).load(0)['intrinsics']
+    expected = [[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]]
+    np.testing.assert_allclose(k_sim, expected, rtol=1e-6)
+    np.testing.assert_allclose(k_real, expected, rtol=1e-6)
+
+
+def test_dense_real_depth_agrees_with_lidar(gen):
+    root, _ = gen
+    cfg = {'format': 'procedural_real', 'root': str(root)}
+    sparse = open_source(cfg).load(2)
+    dense = open_source({**cfg, 'depth_type': 'dense'}).load(2)
+    hit = sparse['depth'] > 0
+    # LiDAR returns carry 2 cm noise around the true depth
+    assert np.abs(sparse['depth'][hit] - dense['depth'][hit]).max() < 0.15
+    np.testing.assert_array_equal(sparse['labels'], dense['labels'])
+
+
+def test_same_seed_identical_bytes_any_workers(gen, tmp_path):
+    root, _ = gen
+    again = tmp_path / 'again'
+    generate(again, variations=('clone', 'fog'), workers=2, **KW)
+    files = [p.relative_to(root) for p in _files(root, '*.png') + _files(root, '*.jpg')
+             + _files(root, '*.txt')]
+    assert len(files) == 8 * 3 + 4 * 4 + 2 * 4 + 2 + 1   # + colors, intrinsics, stamps, calib
+    for rel in files:
+        assert (again / rel).read_bytes() == (root / rel).read_bytes(), rel
+    assert (again / 'manifest.json').read_text() == (root / 'manifest.json').read_text()
+    other = tmp_path / 'other'
+    generate(other, **{**KW, 'seed': 4, 'sim_frames': 2, 'real_frames': 0}, workers=1)
+    rel = 'vkitti2/Scene01/clone/frames/depth/Camera_0/depth_00000.png'
+    assert (other / rel).read_bytes() != (root / rel).read_bytes()
+
+
+def test_existing_output_rules(gen, tmp_path):
+    root, manifest = gen
+    same = generate(root, variations=('clone', 'fog'), workers=1, **KW)
+    assert same.get('up_to_date') and same['seed'] == 3
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        generate(root, **{**KW, 'seed': 9})
+    out = tmp_path / 'interrupted'
+    (out / 'kitti').mkdir(parents=True)
+    (out / '.make_procedural_incomplete').write_text('')
+    generate(out, **{**KW, 'sim_frames': 0, 'real_frames': 1})
+    assert json.loads((out / 'manifest.json').read_text())['real']['frames'] == 1
+    with pytest.raises(DataError, match='manifest.json missing'):
+        open_source({'format': 'procedural_sim', 'root': str(tmp_path / 'nothing')})
+
+
+def test_gap_parameter_controls_the_appearance_gap():
+    rng = np.random.default_rng(0)
+    layout = sample_layout(rng, 60.0, 'urban')
+    cam = Camera.kitti_like(64, 128, 1.5, layout.ego_x, 10.0)
+    geo = ray_cast(layout, cam)
+    sim = render_sim(geo, layout, SimStyle()).astype(np.float32)
+    diffs = []
+    for gap in (0.0, 1.0):
+        style = RealStyle(gap=gap)
+        look = real_look(np.random.default_rng(1), style)
+        real = render_real(geo, layout, cam, style, look, np.random.default_rng(2))
+        diffs.append(np.abs(real.astype(np.float32) - sim).mean())
+    assert diffs[1] > 2 * diffs[0]
+
+
+def test_cli_help_preview_and_errors(gen, tmp_path, capsys):
+    help_text = build_parser().format_help()
+    for option in ('--out', '--sim-frames', '--real-frames', '--height', '--width', '--seed',
+                   '--gap', '--preview', '--workers', '--variations'):
+        assert option in help_text
+    out = tmp_path / 'cli'
+    png = tmp_path / 'preview.png'
+    assert main(['--out', str(out), '--sim-frames', '2', '--real-frames', '2', '--height', '32',
+                 '--width', '64', '--workers', '1', '--quiet', '--preview', str(png),
+                 '--real-style', 'noise_std=8']) == 0
+    assert 'wrote 2 sim images' in capsys.readouterr().out
+    image = cv2.imread(str(png))
+    assert image.shape[1] == 6 * 256 and image.shape[0] > 2 * 128
+    assert main(['--out', str(out), '--sim-frames', '3', '--quiet']) == 2
+    assert 'pass --overwrite' in capsys.readouterr().err
+    assert main(['--out', str(tmp_path / 'x'), '--variations', 'snow', '--quiet']) == 2
+    with pytest.raises(ValueError, match='unknown style key'):
+        generate(tmp_path / 'y', 1, 1, 32, 32, real_style=['nope=1'])
+    root, _ = gen
+    grid = save_preview(root, tmp_path / 'g.png', rows=2, tile_width=64)
+    assert cv2.imread(str(grid)).shape == (22 + 2 * 32, 6 * 64, 3)

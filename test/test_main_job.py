@@ -1,0 +1,130 @@
+"""The main job end to end (``--quick``), its report, step reuse, and the step machinery."""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from training import main_job
+from training.steps import Pipeline, StepFailed
+
+STEPS = ('data', 'train_twin_vae', 'train_sim_only', 'onnx_twin_vae', 'onnx_sim_only',
+         'evaluate_torch', 'evaluate_onnxruntime', 'make_bag', 'replay')
+
+
+def run_job(repo_root, workdir):
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, '-m', 'training.main_job', '--quick', '--workdir', str(workdir)],
+        cwd=repo_root, capture_output=True, text=True, timeout=600,
+        env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    return proc, time.monotonic() - t0
+
+
+@pytest.fixture(scope='module')
+def first(repo_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('main_job')
+    proc, seconds = run_job(repo_root, workdir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir, proc, seconds
+
+
+def test_quick_run_report(first):
+    workdir, proc, _ = first
+    out = proc.stdout
+    for i, name in enumerate(STEPS + ('report',), start=1):
+        assert f'[main_job {i}/10] {name}:' in out
+    assert '-> AGREE' in out and 'exit code 0 (clean)' in out
+    report = json.loads((workdir / 'report.json').read_text())
+    offline = report['offline']
+    assert set(offline) == {'twin_vae', 'sim_only'}
+    for result in list(offline.values()) + [report['replay']]:
+        assert math.isfinite(result['depth']['abs_rel']) and result['depth']['n_pixels'] > 0
+        assert math.isfinite(result['segmentation']['miou'])
+    rep = report['replay']
+    n = offline['twin_vae']['frames']
+    assert n == 4  # 16 real-style frames, 4 drives, the last quarter of each
+    assert rep['frames_in_bag'] == rep['frames_sent'] == rep['frames_answered'] == n
+    assert rep['frames_dropped'] == 0
+    assert rep['node']['clean_stop'] and rep['node']['command'][0].endswith('depth_seg_node')
+    cmp_ = report['offline_vs_replay']
+    assert cmp_['agree'] and cmp_['max_rel_diff'] <= main_job.AGREE_RTOL
+    # Check the agreement from the tools' own outputs, not from the job's summary of them.
+    ev = json.loads((workdir / 'eval' / 'onnxruntime' / 'eval.json').read_text())
+    replayed = json.loads((workdir / 'replay' / 'replay.json').read_text())
+    assert ev['models']['twin_vae']['runtime'].startswith('onnxruntime')
+    for section, keys in (('depth', main_job.DEPTH_KEYS), ('segmentation', main_job.SEG_KEYS)):
+        for key in keys:
+            assert replayed[section][key] == pytest.approx(
+                ev['models']['twin_vae'][section][key], rel=main_job.AGREE_RTOL), key
+    assert report['torch_vs_onnxruntime_max_abs_diff'] < 1e-3
+    lat = report['latency_ms']
+    assert 0 < lat['p50'] <= lat['p90'] <= lat['p99'] and report['rate_hz'] > 0
+    for path in report['figures'].values():
+        assert os.path.getsize(path) > 1000, path
+    assert (workdir / 'report.txt').read_text().strip() in out
+
+
+def test_second_run_reuses_every_step(first, repo_root):
+    workdir, _, seconds = first
+    proc, again = run_job(repo_root, workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('reused (done earlier; --fresh to redo)') == len(STEPS)
+    report = json.loads((workdir / 'report.json').read_text())
+    assert report['seconds']['reused'] == list(STEPS)
+    assert report['offline_vs_replay']['agree']
+    assert again < seconds
+
+
+def py(code):
+    return [sys.executable, '-c', code]
+
+
+def test_pipeline_reuse_invalidation_resume_and_failure(tmp_path, capsys):
+    """Changed input re-runs later steps from clean outputs; interrupted steps resume."""
+    work = tmp_path / 'w'
+    a_out, b_out = work / 'a.txt', work / 'b'
+    write_a = "import sys; open(sys.argv[1], 'w').write(sys.argv[2])"
+    copy_b = ("import sys, os; os.makedirs(sys.argv[2], exist_ok=True); "
+              "open(os.path.join(sys.argv[2], 'n'), 'a').write(open(sys.argv[1]).read()"
+              " + ' ' + ' '.join(sys.argv[3:]) + '|')")
+
+    def job(value, fresh=False, resume=()):
+        pipe = Pipeline(work, fresh=fresh, total=2, prefix='t')
+        pipe.run('a', py(write_a) + [a_out, value], 'write a', outputs=[a_out])
+        pipe.run('b', py(copy_b) + [a_out, b_out], 'copy a', outputs=[b_out],
+                 resume_args=resume)
+        return pipe
+
+    assert job('1').reused == []
+    assert (b_out / 'n').read_text() == '1 |'
+    assert job('1').reused == ['a', 'b']
+    assert job('2').reused == []  # a changed: b re-runs, from clean outputs
+    assert (b_out / 'n').read_text() == '2 |'
+    assert job('2', fresh=True).reused == []
+    (work / 'steps' / 'b.done.json').unlink()  # as if b had been killed half-way
+    assert job('2', resume=['--resume']).reused == ['a']
+    assert (b_out / 'n').read_text() == '2 |2 --resume|'  # resumed, outputs kept
+    out = capsys.readouterr().out
+    assert '[t 1/2] a: write a' in out and 'reused (done earlier' in out
+    pipe = Pipeline(work, fresh=False, total=1)
+    with pytest.raises(StepFailed, match=r"step 'bad' failed with exit code 3; log: .*bad.log"):
+        pipe.run('bad', py('import sys; print("boom"); sys.exit(3)'), 'fail')
+    assert 'boom' in (work / 'steps' / 'bad.log').read_text()
+    with pytest.raises(ValueError, match='outside'):
+        pipe.run('c', py('pass'), 'c', outputs=[tmp_path / 'elsewhere'])
+
+
+def test_help_lists_every_option():
+    text = main_job.build_parser().format_help()
+    for option in ('--workdir', '--fresh', '--quick', '--with-oracle', '--config',
+                   '--sim-frames', '--real-frames', '--height', '--width', '--eval-frames',
+                   '--val-fraction', '--frames-per-sequence', '--seed', '--threads', '--set'):
+        assert option in text
+    assert 'Exit status' in text and 'depth_seg_node' in text
+    args = main_job.resolve_args(['--quick', '--real-frames', '20'])
+    assert (args.config, args.real_frames, args.sim_frames) == ('test', 20, 8)
+    assert main_job.resolve_args([]).config == 'cpu'
