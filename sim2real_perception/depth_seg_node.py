@@ -10,6 +10,9 @@ the input's header and resolution:
 * ``segmentation_color``: rgb8 labels in the shared palette (computed only with subscribers).
 * ``depth/camera_info``: the last ``camera_info`` with each output header, scaled to the
   output size (only once a camera_info arrived).
+* ``label_info``: vision_msgs/LabelInfo (transient local) where vision_msgs is installed;
+  the class list and colours are always the read-only parameters ``class_names`` and
+  ``class_colors``.
 
 The subscription callback only queues the message; a worker thread runs the model on the
 newest frame, so a slow model drops frames (counted) instead of building a backlog. Health
@@ -28,8 +31,13 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+try:  # vision_msgs (apt ros-<distro>-vision-msgs) is optional: no PyPI wheel.
+    from vision_msgs.msg import LabelInfo, VisionClass
+except ImportError:
+    LabelInfo = VisionClass = None
 
 from . import dds, health, node_params
 from .image_conversion import (array_to_imgmsg, compressed_to_rgb, ImageConversionError,
@@ -100,6 +108,10 @@ class DepthSegNode(Node):
             'class_names', list(self.predictor.class_names),
             ParameterDescriptor(description='class id -> name, from the model (read only)',
                                 read_only=True))
+        self.declare_parameter(
+            'class_colors', [f'#{r:02x}{g:02x}{b:02x}' for r, g, b in self.predictor.palette],
+            ParameterDescriptor(description='class id -> segmentation_color colour, from '
+                                            'the model (read only)', read_only=True))
         self.stats = health.FrameStats()
         self._queue = collections.deque(maxlen=p.max_queued_frames)
         self._cv = threading.Condition()
@@ -120,6 +132,16 @@ class DepthSegNode(Node):
             self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info,
                                      _qos(p.input_reliability, 1))
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        if LabelInfo is not None:  # latched class list for Nav2 / RViz consumers
+            latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                                 reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self._label_info_pub = self.create_publisher(LabelInfo, 'label_info', latched)
+            info = LabelInfo(threshold=0.0, class_map=[
+                VisionClass(class_id=i, class_name=name)
+                for i, name in enumerate(self.predictor.class_names)])
+            info.header.stamp = self.get_clock().now().to_msg()
+            self._label_info_pub.publish(info)
 
         in_qos = _qos(p.input_reliability, p.input_depth)
         sub_events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_sub)
@@ -148,6 +170,9 @@ class DepthSegNode(Node):
             desc = ParameterDescriptor(description=node_params.DESCRIPTIONS[name],
                                        dynamic_typing=True)
             values[name] = self.declare_parameter(name, default, desc).value
+        # A misspelt key in the params file or on the command line would otherwise be
+        # silently ignored by rclpy: refuse it, naming the closest real parameter.
+        node_params.check_unknown(getattr(self, '_parameter_overrides', {}))
         return node_params.validate(values)
 
     # -- input -------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 validated at start-up so a typo stops the node with a message naming the parameter instead
 of surfacing as silence on a topic an hour later.
 """
+import difflib
 from dataclasses import dataclass, fields
 
 BACKENDS = ('auto', 'torch', 'onnxruntime')
@@ -76,6 +77,24 @@ _CHOICES = {'backend': BACKENDS, 'precision': PRECISIONS, 'input_reliability': R
 _MIN = {'threads': 0, 'input_depth': 1, 'max_queued_frames': 1, 'max_input_pixels': 1,
         'output_depth': 1, 'diagnostics_period': 1e-3, 'log_period': 0.0,
         'warn_throttle_period': 0.0}
+
+
+#: Parameters every node may carry (rclpy's own, QoS overrides) or that we declare later.
+_ALSO_ALLOWED = ('use_sim_time', 'start_type_description_service', 'class_names',
+                 'class_colors')
+
+
+def check_unknown(names):
+    """Raise ParameterError for parameter names this node does not have (typos)."""
+    known = set(defaults()) | set(_ALSO_ALLOWED)
+    unknown = sorted(n for n in names if n not in known and not n.startswith('qos_overrides.'))
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(defaults()), n=1)
+            hints.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+        raise ParameterError(f'unknown parameter(s): {", ".join(hints)}; the parameters are '
+                             f'listed in config/depth_seg.yaml')
 
 
 def defaults():

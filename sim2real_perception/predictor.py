@@ -215,6 +215,8 @@ class Predictor:
         self.height, self.width = self.model_config.height, self.model_config.width
         self.class_names = list(config.get('labels', {}).get(
             'names', label_set.CLASS_NAMES[:self.model_config.num_classes]))
+        #: class id -> rgb colour of segmentation_color (the shared palette).
+        self.palette = label_set.PALETTE[:len(self.class_names)]
         self.sky_class = SKY_CLASS if 'sky' in self.class_names else None
         self.sky_as_infinity = bool(sky_as_infinity)
         self.backend = runner.name

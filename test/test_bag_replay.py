@@ -173,6 +173,16 @@ def test_write_bag_layout_and_rep117(tmp_path, storage):
         make_bag.write_bag(frames, tmp_path / 'b', storage)
 
 
+def test_write_bag_leaves_no_partial_bag(tmp_path):
+    def frames():
+        yield {'image': np.zeros((8, 8, 3), np.uint8)}
+        raise RuntimeError('reader failed')
+
+    with pytest.raises(RuntimeError, match='reader failed'):
+        make_bag.write_bag(frames(), tmp_path / 'p')
+    assert not (tmp_path / 'p').exists()
+
+
 def test_make_bag_cli_errors(tmp_path, capsys):
     assert make_bag.main(['--data', 'test', '--out', str(tmp_path / 'x'), '--quiet',
                           '--set', f'data.eval.root={tmp_path / "nothing"}']) == 2

@@ -140,9 +140,14 @@ def test_vkitti2_missing_pair_and_truncated(vk):
 def test_truncated_file_raises_on_load_naming_it(vk):
     path = vk['root'] / 'Scene01' / 'clone' / 'frames' / 'rgb' / 'Camera_0' / 'rgb_00000.jpg'
     _truncate(path, 300)
+    depth = vk['root'] / 'Scene01' / 'clone' / 'frames' / 'depth' / 'Camera_0'
+    _truncate(depth / 'depth_00001.png', 100)
     source = open_source({'format': 'vkitti2', 'root': vk['root'], 'scenes': ['Scene01']})
     with pytest.raises(DataError, match=r'rgb_00000\.jpg: truncated JPEG'):
         source.load(0)
+    with pytest.raises(DataError, match=r'depth_00001\.png: truncated PNG'):
+        source.load(1)
+    assert source.load(2)['depth'].shape == (H, W)
 
 
 def test_skip_bad_in_dataset_counts_failures(vk, tmp_path):

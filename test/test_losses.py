@@ -51,8 +51,8 @@ def test_mmd_two_sample_zero_for_same_distribution_large_for_shift():
     xx = sum(k(x[i], x[j]) for i in range(5) for j in range(5) if i != j) / 20
     yy = sum(k(y[i], y[j]) for i in range(4) for j in range(4) if i != j) / 12
     xy = sum(k(x[i], y[j]) for i in range(5) for j in range(4)) / 20
-    assert losses.mmd_two_sample(a[:5], b[:4]).item() == pytest.approx(xx + yy - 2 * xy,
-                                                                      abs=1e-6)
+    expected = xx + yy - 2 * xy
+    assert losses.mmd_two_sample(a[:5], b[:4]).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_mmd_large_latent_does_not_underflow():

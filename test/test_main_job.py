@@ -110,7 +110,11 @@ def test_pipeline_reuse_invalidation_resume_and_failure(tmp_path, capsys):
     assert (b_out / 'n').read_text() == '2 |2 --resume|'  # resumed, outputs kept
     out = capsys.readouterr().out
     assert '[t 1/2] a: write a' in out and 'reused (done earlier' in out
-    pipe = Pipeline(work, fresh=False, total=1)
+    pipe = Pipeline(work, fresh=False, total=1, heartbeat=0.3)
+    pipe.run('quiet', py('import time; time.sleep(1.5); print("end")'), 'silent a while',
+             hint=lambda: 'halfway')
+    out = capsys.readouterr().out
+    assert '  ... quiet running for ' in out and ': halfway' in out and '  | end' in out
     with pytest.raises(StepFailed, match=r"step 'bad' failed with exit code 3; log: .*bad.log"):
         pipe.run('bad', py('import sys; print("boom"); sys.exit(3)'), 'fail')
     assert 'boom' in (work / 'steps' / 'bad.log').read_text()

@@ -234,6 +234,17 @@ def test_bad_parameters_and_models_fail_with_a_clear_message(context, model_dir,
         make_node(context, model_dir, diagnostics_period='fast')
     with pytest.raises(ModelLoadError, match=str(tmp_path / 'missing')):
         make_node(context, tmp_path / 'missing')
+    with pytest.raises(ParameterError, match="'publish_deph' \\(did you mean 'publish_depth'"):
+        make_node(context, model_dir, publish_deph=False)
+
+
+def test_class_names_and_colors_are_read_only_parameters(rig):
+    node, _ = rig()
+    names = node.get_parameter('class_names').value
+    colors = node.get_parameter('class_colors').value
+    assert list(names) == list(labels.CLASS_NAMES[:labels.NUM_CLASSES])
+    assert len(colors) == len(names) and colors[0] == '#%02x%02x%02x' % tuple(labels.PALETTE[0])
+    assert not node.set_parameters([Parameter('class_names', value=['x'])])[0].successful
 
 
 def test_scale_camera_info_follows_image_proc_resize():
@@ -247,3 +258,22 @@ def test_scale_camera_info_follows_image_proc_resize():
     assert out.p[3] == -20 and out.p[5] == 400 and out.p[6] == 125
     assert (out.roi.width, out.roi.height, out.width, out.height) == (500, 250, 500, 250)
     assert math.isclose(scale_camera_info(info, header, 1000, 500).k[0], 800.0)
+
+
+def test_params_file_lists_every_parameter_with_its_default(repo_root):
+    import yaml
+    from sim2real_perception import node_params
+    data = yaml.safe_load((repo_root / 'config' / 'depth_seg.yaml').read_text())
+    assert data['/**']['ros__parameters'] == node_params.defaults()
+
+
+def test_label_info_is_latched_where_vision_msgs_exists(rig, context):
+    vision_msgs = pytest.importorskip('vision_msgs.msg', reason='vision_msgs not installed')
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    node, h = rig()
+    got = []
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    h.node.create_subscription(vision_msgs.LabelInfo, 'label_info', got.append, qos)
+    assert h.spin_until(lambda: got)
+    assert [c.class_name for c in got[0].class_map] == list(node.predictor.class_names)

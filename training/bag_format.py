@@ -29,11 +29,3 @@ def depth_to_rep117(depth):
     out = np.asarray(depth, dtype=np.float32).copy()
     out[out == 0] = np.nan
     return out
-
-
-def depth_from_rep117(depth):
-    """REP 117 float32 -> dataset convention (0 = invalid, +inf = far) for the metrics."""
-    out = np.asarray(depth, dtype=np.float32).copy()
-    out[~np.isfinite(out) & ~np.isposinf(out)] = 0.0
-    out[out < 0] = 0.0
-    return out

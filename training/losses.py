@@ -123,7 +123,7 @@ def mmd_two_sample(a, b, gamma_scale=1.0):
 
 
 def depth_targets(depth, model_cfg, labels=None, sky_as_far=True):
-    """Encoded depth targets and the valid mask for metric depth (Bx1xHxW metres).
+    """Return encoded depth targets and the valid mask for metric depth (Bx1xHxW m).
 
     Valid: finite depth > 0, or +inf (far/sky, encoded as max_depth); 0, negative and NaN
     are "no measurement". With ``sky_as_far`` every pixel labelled sky is valid and far.
@@ -175,7 +175,7 @@ def weighted_total(terms, weights):
 
 
 def stage1_terms(net, x_real, x_sim, gamma_scale=1.0, mmd_on='mu'):
-    """The eight stage-1 terms (eq. 10) for a batch of unpaired real and sim images.
+    """Compute the eight stage-1 terms (eq. 10) for unpaired real and sim images.
 
     ``mmd_on`` picks what eqs 6-7 compare with the prior: ``mu`` (the encoder means) or
     ``z`` (mu + unit noise, whose aggregate covariance is at least I + Cov(mu), so it can
@@ -206,7 +206,7 @@ def stage1_terms(net, x_real, x_sim, gamma_scale=1.0, mmd_on='mu'):
 
 def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
                  sky_as_far=True):
-    """The stage-2 terms (eqs 11-20) for paired sim frames and unpaired real images.
+    """Compute the stage-2 terms (eqs 11-20) for paired sim and unpaired real images.
 
     x'_R = G_R(z_S), z'_R = E_R(x'_R); x'_S = G_S(z_R), z'_S = E_S(x'_S). Depth and
     segmentation are supervised on G_D/G_I(E_S(x_S)) and G_D/G_I(E_R(x'_R)) with the sim

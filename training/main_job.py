@@ -143,6 +143,23 @@ def resolve_args(argv=None):
     return args
 
 
+def train_hint(run_dir):
+    """Describe how far a training run got, from the newest row of its CSV logs."""
+    logs = sorted(Path(run_dir, 'logs').glob('*.csv'), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return 'starting'
+    rows = logs[-1].read_text().strip().splitlines()
+    if len(rows) < 2:
+        return f'{logs[-1].stem} started'
+    row = dict(zip(rows[0].split(','), rows[-1].split(',')))
+    text = f'{logs[-1].stem} step {row.get("step", "?")}'
+    if row.get('images_per_s'):
+        text += f', {float(row["images_per_s"]):.2f} images/s'
+    if row.get('total'):
+        text += f', loss {float(row["total"]):.3f}'
+    return text
+
+
 # -- the live replay step --------------------------------------------------------------------
 def node_command(model_dir):
     """Return the command line that starts depth_seg_node with the shipped params file."""
@@ -362,7 +379,8 @@ def run(args):
         pipe.run(f'train_{method}', job.with_sets(job.py(
             'training.train', '--config', args.config, '--method', method, '--stage', 'all',
             '--seed', args.seed, '--run-dir', job.runs / method, '--no-progress')),
-            what[method], outputs=[job.runs / method], resume_args=['--resume'])
+            what[method], outputs=[job.runs / method], resume_args=['--resume'],
+            hint=lambda m=method: train_hint(job.runs / m))
     for method in job.methods:
         pipe.run(f'onnx_{method}', job.py('sim2real_perception.onnx_export', '--model',
                                           job.export(method)),

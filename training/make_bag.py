@@ -17,6 +17,7 @@ import numpy as np
 from rosbags.rosbag2 import Writer
 
 from . import bag_format as bf
+from .cli_format import DefaultsHelpFormatter
 
 KITTI_FX_PER_WIDTH = 721.5377 / 1242.0  # KITTI colour camera focal length / image width
 SPLITS = ('val', 'train', 'all')  # as training.evaluate
@@ -109,12 +110,16 @@ def write_bag(frames, out, storage='mcap', rate_hz=10.0, start_ns=1_700_000_000 
     if rate_hz <= 0:
         raise ValueError('rate must be positive')
     period = int(round(1e9 / rate_hz))
-    with BagWriter(out, storage, frame_id) as writer:
-        for i, frame in enumerate(frames):
-            writer.write(start_ns + i * period, frame['image'], frame.get('depth'),
-                         frame.get('labels'), frame.get('intrinsics'))
-            if progress:
-                progress(i + 1)
+    try:
+        with BagWriter(out, storage, frame_id) as writer:
+            for i, frame in enumerate(frames):
+                writer.write(start_ns + i * period, frame['image'], frame.get('depth'),
+                             frame.get('labels'), frame.get('intrinsics'))
+                if progress:
+                    progress(i + 1)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # no half-written bag left to trip a re-run
+        raise
     return writer.count
 
 
@@ -127,7 +132,7 @@ def build_parser():
                'compare frame for frame. Example: python -m training.make_bag --data cpu '
                '--split val --max-frames 50 --out outputs/eval.bag. Exit status 2 on a bad '
                'dataset or option.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument('--data', default='cpu',
                         help='training preset (cpu, paper, test) or YAML config whose data.* '
                              'sections describe the datasets')
@@ -188,8 +193,9 @@ def main(argv=None):
     except (DataError, ValueError, KeyError, FileExistsError, FileNotFoundError) as exc:
         print(f'\n[make_bag] error: {exc}', file=sys.stderr)
         return 2
-    print(f'\n[make_bag] wrote {n} frames ({data_cfg["format"]} {data_cfg["root"]}, split '
-          f'{split}) to {args.out} ({args.storage})', flush=True)
+    where = f'{data_cfg["format"]} {data_cfg["root"]}, split {split}'
+    print(('' if args.quiet else '\n')
+          + f'[make_bag] wrote {n} frames ({where}) to {args.out} ({args.storage})', flush=True)
     return 0
 
 

@@ -27,6 +27,7 @@ from rosbags.rosbag2 import Reader
 from sim2real_perception.labels import IGNORE_INDEX, NUM_CLASSES
 
 from . import bag_format as bf
+from .cli_format import DefaultsHelpFormatter
 from .data.ros_images import decode, ImageDecodeError, raw_array
 
 MODES = ('timed', 'lockstep', 'listen')
@@ -372,10 +373,17 @@ class Scorer:
                 min(self.first_sent, sent_at)
         self.last_answer = done if self.last_answer is None else max(self.last_answer, done)
         gt_depth = self.bag.ground_truth('depth', stamp)
+        gt_labels = self.bag.ground_truth('labels', stamp)
+        for key, answer, gt in (('depth', depth, gt_depth), ('labels', labels, gt_labels)):
+            if gt is not None and answer.shape[:2] != gt.shape[:2]:
+                raise ReplayError(
+                    f'answer on {self.col.topics[key]} is {answer.shape[1]}x{answer.shape[0]} '
+                    f'but the ground truth on {self.bag.gt_topics[key]} is '
+                    f'{gt.shape[1]}x{gt.shape[0]} (stamp {stamp}); the node must answer at '
+                    'the input resolution')
         if gt_depth is not None:
             self.depth.update(depth, gt_depth)
             self.n_depth += 1
-        gt_labels = self.bag.ground_truth('labels', stamp)
         if gt_labels is not None:
             self.seg.update(labels, gt_labels)
             self.n_seg += 1
@@ -610,11 +618,12 @@ def build_parser():
     """Return the CLI parser (every option documented in ``--help``)."""
     d = ReplayOptions(bag='')
     p = argparse.ArgumentParser(
-        prog='python -m training.replay', description=__doc__.split('\n\n')[0],
+        prog='python -m training.replay',
+        description=__doc__.split('\n\n')[0].replace('``', ''),
         epilog='Exit status: 0 done, 2 error (message on stderr), 130 interrupted (partial '
                'report written). Set ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST to keep DDS on '
                'this machine.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument('--bag', required=True, help='rosbag2 directory (mcap or sqlite3)')
     p.add_argument('--mode', default=d.mode, choices=MODES,
                    help='timed: recorded timing / --rate; lockstep: send a frame, wait for '

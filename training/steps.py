@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,8 @@ class StepFailed(RuntimeError):
 class Pipeline:
     """Run numbered steps with progress lines, timings and a log file per step."""
 
-    def __init__(self, workdir, fresh=False, total=None, env=None, prefix='main_job'):
+    def __init__(self, workdir, fresh=False, total=None, env=None, prefix='main_job',
+                 heartbeat=30.0):
         self.workdir = Path(workdir)
         self.marks = self.workdir / 'steps'
         self.marks.mkdir(parents=True, exist_ok=True)
@@ -33,6 +35,7 @@ class Pipeline:
         self.total = total
         self.index = 0
         self.prefix = prefix
+        self.heartbeat = float(heartbeat)
         self.timings = {}
         self.reused = []
         self.t0 = time.monotonic()
@@ -89,11 +92,13 @@ class Pipeline:
             {'key': key, 'seconds': self.timings[name], 'result': result}, indent=1))
         print(f'  done in {self.timings[name]:.0f} s', flush=True)
 
-    def run(self, name, argv, description, outputs=(), resume_args=(), env=None):
+    def run(self, name, argv, description, outputs=(), resume_args=(), env=None, hint=None):
         """Run ``argv`` unless done; stream its output with a prefix and into a log file.
 
         ``outputs`` are removed before a clean run; ``resume_args`` are appended when the
-        step was interrupted before (same command, nothing upstream changed).
+        step was interrupted before (same command, nothing upstream changed). While the
+        command is silent, a line every ``heartbeat`` seconds says it is alive, with
+        ``hint()`` (e.g. the training step reached) when given.
         """
         argv = [str(a) for a in argv]
         key = shlex.join(argv)
@@ -111,19 +116,39 @@ class Pipeline:
         with open(log, 'w', encoding='utf-8') as fh:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     env={**self.env, **(env or {})}, text=True, bufsize=1)
-            try:
+            last = [time.monotonic()]
+
+            def pump():
                 for line in proc.stdout:
                     fh.write(line)
                     sys.stdout.write('  | ' + line)
                     sys.stdout.flush()
-                rc = proc.wait()
+                    last[0] = time.monotonic()
+
+            reader = threading.Thread(target=pump, name=f'{name}_output', daemon=True)
+            reader.start()
+            try:
+                rc = self._wait(name, proc, last, hint)
             except BaseException:
                 proc.terminate()
-                proc.wait(timeout=30)
+                proc.wait(timeout=60)
                 raise
+            reader.join(timeout=10)
         if rc != 0:
             raise StepFailed(f'step {name!r} failed with exit code {rc}; log: {log}')
         self._finish(name, key)
+
+    def _wait(self, name, proc, last, hint):
+        while True:
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                if now - last[0] >= self.heartbeat:
+                    extra = hint() if hint else ''
+                    print(f'  ... {name} running for {now - self._start:.0f} s'
+                          + (f': {extra}' if extra else ''), flush=True)
+                    last[0] = now
 
     def step(self, name, key, description, fn, outputs=()):
         """Run the in-process step ``fn()`` unless done; its JSON-able result is kept.

@@ -485,7 +485,7 @@ def run(cfg, run_dir, stage='all', method='twin_vae', resume=False):
 
 
 def build_parser():
-    """The command line (``--help`` lists every option)."""
+    """Build the command line (``--help`` lists every option)."""
     p = argparse.ArgumentParser(
         prog='python -m training.train',
         description='Train the sim2real twin-VAE (stage 1: unpaired real+sim images; stage 2: '
@@ -553,8 +553,8 @@ def main(argv=None):
         print(f'error: {exc}', file=sys.stderr)
         return 2
     if int(os.environ.get('RANK', '0')) == 0:
-        print(json.dumps({k: summary.get(k) for k in ('method', 'seed', 'steps', 'monitor',
-                                                        'export_dir')}))
+        keys = ('method', 'seed', 'steps', 'monitor', 'export_dir')
+        print(json.dumps({k: summary.get(k) for k in keys}))
     return 0
 
 

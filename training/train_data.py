@@ -20,7 +20,7 @@ def steps_per_epoch(n, batch, world=1):
 
 
 def epoch_order(n, seed, stream, epoch):
-    """The shuffled order of epoch ``epoch`` of stream ``stream`` (a LongTensor)."""
+    """Return the shuffled order of epoch ``epoch`` of stream ``stream`` (a LongTensor)."""
     key = int(np.random.SeedSequence([int(seed), int(stream), int(epoch)]).generate_state(1)[0])
     return torch.randperm(n, generator=torch.Generator().manual_seed(key))
 
@@ -37,7 +37,7 @@ def global_batch(n, batch, world, seed, stream, step):
 
 
 def rank_batch(n, batch, world, rank, seed, stream, step):
-    """This rank's share of the global batch at ``step``: [(epoch, index), ...]."""
+    """Return this rank's share of the global batch at ``step``: [(epoch, index), ...]."""
     epoch, indices = global_batch(n, batch, world, seed, stream, step)
     return [(epoch, i) for i in indices[rank::world]]
 
@@ -74,7 +74,7 @@ class EpochIndexed(Dataset):
 
 
 def step_loader(dataset, batch, world, rank, seed, stream, start, stop, num_workers=0):
-    """A DataLoader over steps ``start .. stop-1``; deterministic for any worker count."""
+    """Return a DataLoader over steps ``start .. stop-1``; deterministic for any worker count."""
     sampler = StepBatchSampler(len(dataset), batch, world, rank, seed, stream, start, stop)
     # A private generator: creating the iterator must not consume the global torch RNG
     # (the latent noise), or a resumed run would draw different noise.

@@ -35,7 +35,7 @@ class CsvLog:
 
 
 def tensorboard_writer(log_dir, purge_step=None):
-    """A SummaryWriter, or None when tensorboard is not installed."""
+    """Return a SummaryWriter, or None when tensorboard is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # pragma: no cover - tensorboard is in requirements.txt
@@ -50,7 +50,7 @@ def _rgb(x):
 
 
 def _depth_rgb(metres, max_depth):
-    """HxW metres (0 = none, inf = far) -> colour by inverse depth (near = bright)."""
+    """Colour HxW metres (0 = none, inf = far) by inverse depth (near = bright)."""
     m = np.nan_to_num(metres, nan=0.0, posinf=max_depth)
     valid = m > 0
     inv = np.where(valid, 1.0 / np.maximum(m, 1e-3), 0.0)

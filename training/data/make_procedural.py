@@ -118,8 +118,15 @@ STAT_NAMES = ('mean_r', 'mean_g', 'mean_b', 'contrast', 'high_freq', 'saturation
 
 def _render_task(task):
     """Render and write frames ``start:stop`` of one sequence; return counts and statistics."""
-    cfg, domain, index, start, stop = task
-    cv2.setNumThreads(1)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)   # parallelism comes from the worker processes
+    try:
+        return _render_frames(*task)
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _render_frames(cfg, domain, index, start, stop):
     seq = _sequence(cfg['seed'], domain, index, cfg['frames'][domain][index])
     h, w, layout = cfg['height'], cfg['width'], seq['layout']
     out = Path(cfg['out'])
@@ -257,7 +264,7 @@ def generate(out, sim_frames=DEFAULT_SIM_FRAMES, real_frames=DEFAULT_REAL_FRAMES
         raise ValueError('need sim_frames >= 0, real_frames >= 0 and at least one frame')
     if height < 8 or width < 8 or seq_len < 1:
         raise ValueError('height and width must be >= 8 and frames_per_sequence >= 1')
-    variations = list(variations)
+    variations = variations.split(',') if isinstance(variations, str) else list(variations)
     bad = [v for v in variations if v not in VARIATIONS]
     if bad or not variations:
         raise ValueError(f'unknown variations {bad}; known: {list(VARIATIONS)}')
@@ -311,7 +318,7 @@ def _run_tasks(tasks, workers, progress):
         pool = None
     else:
         # spawn: safe whatever threads the caller runs (torch, OpenCV); workers import no torch
-        pool = multiprocessing.get_context('spawn').Pool(workers)
+        pool = multiprocessing.get_context('spawn').Pool(min(workers, len(tasks)))
         it = pool.imap_unordered(_render_task, tasks)
     try:
         for res in it:
@@ -377,12 +384,12 @@ def build_parser():
         prog='python -m training.data.make_procedural',
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split('\n\n')[0] + '\n\n' + __doc__.split('\n\n', 1)[1],
-        epilog='Defaults: KITTI aspect at about half resolution (192x640), a square-pixel '
-               'camera with KITTI\'s focal length per row (29 deg vertical field of view; a '
-               'smaller width is a centred crop), 50 frames per scene/drive, sim camera 1.50 m '
-               'high and level, real camera 1.65 m high pitched 1 deg down. Example: python -m '
-               'training.data.make_procedural --out outputs/data/procedural --preview '
-               'outputs/data/procedural/preview.png')
+        epilog='defaults: KITTI\'s aspect at about half resolution (192x640); a square-pixel\n'
+               'camera with KITTI\'s focal length per row (29 deg vertical field of view, so\n'
+               'another width is a centred crop of a KITTI camera); 50 frames per scene/drive;\n'
+               'sim camera 1.50 m high and level, real camera 1.65 m high pitched 1 deg down.\n\n'
+               'example:\n  python -m training.data.make_procedural --out outputs/data/procedural'
+               ' \\\n      --preview outputs/data/procedural/preview.png')
     parser.add_argument('--out', required=True, type=Path,
                         help='output folder (created; existing generated data needs --overwrite)')
     parser.add_argument('--sim-frames', type=int, default=DEFAULT_SIM_FRAMES,

@@ -13,6 +13,7 @@ import numpy as np
 from sim2real_perception.labels import colorize
 
 from .data_config import open_source
+from .image_files import DataError
 
 COLUMNS = ('sim image', 'sim depth', 'sim labels', 'real image', 'real LiDAR depth',
            'real labels')
@@ -35,7 +36,10 @@ def _tile(array, kind, height, width):
 
 
 def _frames(data_cfg, rows):
-    source = open_source(data_cfg)
+    try:
+        source = open_source(data_cfg)
+    except DataError:   # e.g. generated without sim or without real frames: grey tiles
+        return [{}] * rows
     picks = np.linspace(0, len(source) - 1, rows).round().astype(int)
     return [source.load(int(i)) for i in picks]
 
@@ -48,7 +52,10 @@ def save_preview(root, path, rows=3, tile_width=256, sim_cfg=None, real_cfg=None
     """
     sim = _frames(sim_cfg or {'format': 'procedural_sim', 'root': str(root)}, rows)
     real = _frames(real_cfg or {'format': 'procedural_real', 'root': str(root)}, rows)
-    h0, w0 = sim[0]['image'].shape[:2]
+    first = next((f for f in sim + real if 'image' in f), None)
+    if first is None:
+        raise DataError(f'{root}: neither sim nor real frames to preview')
+    h0, w0 = first['image'].shape[:2]
     tile_h = max(1, int(round(tile_width * h0 / w0)))
     header = np.full((22, tile_width * len(COLUMNS), 3), 255, np.uint8)
     for i, name in enumerate(COLUMNS):

@@ -397,7 +397,8 @@ def render_real(geo, layout, cam, style, look, rng):
 def lidar_depth(geo, cam, style, rng):
     """KITTI-like sparse depth: the pixels swept by a 64-beam scanner's lines, 0 elsewhere."""
     beams = np.concatenate([np.linspace(2.0, -8.33, 32), np.linspace(-8.83, -24.33, 32)])
-    beams = beams[:style.lidar_beams] if style.lidar_beams < 64 else beams
+    if style.lidar_beams < 64:   # fewer beams spread over the same field of view
+        beams = beams[np.unique(np.linspace(0, 63, max(1, style.lidar_beams)).round().astype(int))]
     d = geo.rays
     elev = np.degrees(np.arctan2(d[1], np.sqrt(d[0] ** 2 + d[2] ** 2)))
     row_deg = np.degrees(np.arctan(1.0 / cam.fy)) / 2
