@@ -46,11 +46,10 @@ def bench_stage(net, mc, stage, batch, steps, device, bf16):
                  'supervised': [net.enc_real, net.dec_depth, net.dec_seg]}[stage]
     for p in net.parameters():
         p.requires_grad_(False)
-    params = []
     for m in trainable:
         for p in m.parameters():
             p.requires_grad_(True)
-            params.append(p)
+    params = [p for p in net.parameters() if p.requires_grad]   # shared layers once
     opt = torch.optim.Adam(params, lr=1e-4)
 
     def step():

@@ -131,8 +131,11 @@ def array_to_imgmsg(arr, encoding, header=None, msg_type=None):
     msg.is_bigendian = int(arr.dtype.byteorder == '>' or (
         arr.dtype.byteorder == '=' and arr.dtype.itemsize > 1 and sys.byteorder == 'big'))
     msg.step = int(arr.shape[1] * channels * arr.dtype.itemsize)
-    # array.array('B', bytes) is a memcpy whatever ROS_PYTHON_CHECK_FIELDS says.
-    msg.data = array.array('B', np.ascontiguousarray(arr).tobytes())
+    # One memcpy from the array's bytes into an array.array('B'), which rclpy takes as is
+    # whatever ROS_PYTHON_CHECK_FIELDS says (a numpy array would be iterated per element).
+    data = array.array('B')
+    data.frombytes(memoryview(np.ascontiguousarray(arr)).cast('B'))
+    msg.data = data
     return msg
 
 

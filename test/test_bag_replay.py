@@ -229,9 +229,9 @@ def test_timed_replay_answers_every_frame(bags, node, tmp_path):
 
 def test_listen_mode_scores_frames_played_by_someone_else(bags, node):
     """Listen mode: a separate player (as `ros2 bag play`) publishes the bag's bytes."""
-    done = {}
+    done, ready = {}, threading.Event()
     opts = options(bags['sqlite3'], mode='listen', listen_timeout=20.0, idle=2.0)
-    listener = threading.Thread(target=lambda: done.update(replay.run_replay(opts)))
+    listener = threading.Thread(target=lambda: done.update(replay.run_replay(opts, ready.set)))
     listener.start()
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -239,9 +239,10 @@ def test_listen_mode_scores_frames_played_by_someone_else(bags, node):
     pub = player.create_publisher(Image, f'{NS}/image', RELIABLE)
     try:
         deadline = time.monotonic() + 20
-        while pub.get_subscription_count() < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the node and the listener
-        time.sleep(0.5)
+        while not (ready.is_set() and pub.get_subscription_count() == 2):
+            assert time.monotonic() < deadline, 'listener or node not ready'
+            time.sleep(0.05)  # the node and the listener hear the player
+        time.sleep(0.3)
         ts = bf.typestore()
         with Reader(bags['sqlite3']) as reader:
             conns = [c for c in reader.connections if c.topic == bf.IMAGE_TOPIC]

@@ -27,7 +27,7 @@ WORDS = RNG.integers(0, 65536, (H, W, 3), dtype=np.uint16)
 
 
 def raw_msg(pixels, encoding, bigendian=False, pad=PAD):
-    """An Image from an HxWxC (or HxW) array, rows padded with ``pad`` junk bytes."""
+    """Build an Image from an HxWxC (or HxW) array, rows padded with ``pad`` junk bytes."""
     height, width = pixels.shape[:2]
     dtype = pixels.dtype.newbyteorder('>' if bigendian else '<')
     rows = pixels.astype(dtype).reshape(height, -1).view(np.uint8)

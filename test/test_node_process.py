@@ -35,7 +35,7 @@ def load_launch_module():
 
 
 def console_command(model_path, **kwargs):
-    """The launch file's node as a console-script command (module fallback without it)."""
+    """Return the launch file's node as a console-script command (module fallback)."""
     exe = str(SCRIPT) if SCRIPT.is_file() else 'depth_seg_node'
     cmd = load_launch_module().node_command(PARAMS, str(model_path), executable=exe, **kwargs)
     if not SCRIPT.is_file():

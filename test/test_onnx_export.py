@@ -64,9 +64,6 @@ def test_onnxruntime_session_matches_torch(onnx_model, batch):  # noqa: F811
     same = float((o_labels == t_labels).mean())
     assert max_err < 1e-3, f'max depth error {max_err} m'
     assert same >= 0.99, f'identical labels {same:.4%}'
-    # The printed check uses the same measure.
-    err2, same2 = onnx_export.parity_check(model_dir, model_dir / 'model.onnx', count=2)
-    assert err2 < 1e-3 and same2 >= 0.99
 
 
 def test_missing_model_is_reported_with_its_path(tmp_path, capsys):

@@ -62,10 +62,9 @@ def test_sky_as_infinity_false_keeps_network_depth(onnx_model):  # noqa: F811
 
 
 def test_batch_equals_single_images(torch_predictor):
-    images = [test_image(60, 40, seed=1), test_image(128, 128, seed=2),
-              test_image(200, 70, seed=3)]
+    images = [test_image(60, 40, seed=1), test_image(200, 70, seed=3)]
     batch = torch_predictor.predict_batch(images)
-    assert len(batch) == 3 and torch_predictor.predict_batch([]) == []
+    assert len(batch) == 2 and torch_predictor.predict_batch([]) == []
     for img, got in zip(images, batch):
         one = torch_predictor.predict(img)
         assert got.depth.shape == img.shape[:2]

@@ -280,11 +280,16 @@ class Collector:
                     f'depth_seg_node running with its input remapped there '
                     f'(-r image:={self.pub.topic_name})?')
             time.sleep(0.05)
+        self.wait_for_answers(deadline - time.monotonic(), timeout)
+
+    def wait_for_answers(self, remaining, timeout):
+        """Block until a publisher on every answer topic is matched, then let it settle."""
+        deadline = time.monotonic() + remaining
         for sub in self.subs:
             while sub.get_publisher_count() == 0:
                 if time.monotonic() > deadline:
                     raise ReplayError(f'no publisher on {sub.topic_name} after {timeout:g} s '
-                                      '(does the node publish there?)')
+                                      '(is depth_seg_node running, publishing there?)')
                 time.sleep(0.05)
         time.sleep(0.3)  # let the node's side of the new connections settle too
 
@@ -490,11 +495,13 @@ def _check_options(opts):
         raise ReplayError('--answer-reliability must be reliable or best_effort')
 
 
-def run_replay(opts):
+def run_replay(opts, on_ready=None):
     """Replay (or listen), score, write outputs; return the report dict.
 
     Ctrl-C (KeyboardInterrupt) ends the run early with a partial report
     (``report['interrupted']``). Raises ReplayError for problems the user must fix.
+    Listen mode calls ``on_ready()`` once the node's answer topics are connected, the
+    moment to start playing the bag.
     """
     _check_options(opts)
     bag = RecordedBag(opts)
@@ -505,6 +512,9 @@ def run_replay(opts):
     t0 = time.monotonic()
     try:
         if opts.mode == 'listen':
+            col.wait_for_answers(opts.timeout, opts.timeout)
+            if on_ready is not None:
+                on_ready()
             if opts.progress:
                 print(f'[replay] listening on {opts.input_topic()} -> {opts.depth_topic}, '
                       f'{opts.labels_topic}; play the bag now (Ctrl-C to stop)', flush=True)
