@@ -163,8 +163,8 @@ def test_console_script_serves_1242x375_frames_across_processes_and_survives_bad
         h.clear()
         camera = subprocess.run(
             [sys.executable, str(REPO / 'test' / 'test_node_support.py'), '--topic',
-             image_topic, '--width', '1242', '--height', '375', '--count', '4',
-             '--period', '0.4'],
+             image_topic, '--width', '1242', '--height', '375', '--count', '6',
+             '--period', '0.3'],
             env=dict(node_env(), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE)),
             capture_output=True, text=True, timeout=90)
         assert camera.returncode == 0, camera.stderr

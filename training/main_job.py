@@ -333,8 +333,9 @@ def format_report(r):
                   f'{cmp_["backend"]}, the same {cmp_["frames"]} frames):',
               f'  {"metric":<24}{"offline":>14}{"replay":>14}{"|diff|":>12}']
     for row in cmp_['rows']:
-        lines.append(f'  {row["metric"]:<24}{_f(row["offline"], 6):>14}'
-                     f'{_f(row["replay"], 6):>14}{row["abs_diff"]:>12.2e}')
+        digits = 0 if row['metric'].endswith('n_pixels') else 6
+        lines.append(f'  {row["metric"]:<24}{_f(row["offline"], digits):>14}'
+                     f'{_f(row["replay"], digits):>14}{row["abs_diff"]:>12.2e}')
     verdict = 'AGREE' if cmp_['agree'] else 'DISAGREE'
     lines.append(f'  max |diff| {cmp_["max_abs_diff"]:.2e} (relative {cmp_["max_rel_diff"]:.2e}'
                  f', tolerance {cmp_["tolerance_rel"]:g}) -> {verdict}')
