@@ -153,6 +153,10 @@ class _OrtRunner:
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
+        # No busy-waiting between runs: spinning pool threads took the cores the next
+        # frame's resize needed (preprocess 9-10 -> 2.1 ms, inference 73-85 -> 45 ms for
+        # the cpu preset at 1242x375 on the shared 2-core machine; bench/bench_node.py).
+        so.add_session_config_entry('session.intra_op.allow_spinning', '0')
         try:
             self.session = ort.InferenceSession(str(onnx_path), sess_options=so,
                                                 providers=providers, provider_options=options)

@@ -227,6 +227,16 @@ def test_timed_replay_answers_every_frame(bags, node, tmp_path):
     assert 3.0 < report['achieved_rate_hz'] < 8.0
 
 
+def test_bag_without_ground_truth_reports_latency_only(node, tmp_path):
+    """A plain recording (no /ground_truth topics) still replays: counts and latency."""
+    frames = [{'image': np.full((48, 64, 3), 40 * i, np.uint8)} for i in range(3)]
+    make_bag.write_bag(frames, tmp_path / 'plain', 'sqlite3')
+    report = replay.run_replay(options(tmp_path / 'plain', tmp_path / 'out'))
+    assert report['frames_answered'] == 3 and report['ground_truth_topics'] == {}
+    assert report['depth'] is None and report['segmentation'] is None
+    assert 'metrics     none (no ground-truth topics in the bag)' in replay.format_report(report)
+
+
 def test_listen_mode_scores_frames_played_by_someone_else(bags, node):
     """Listen mode: a separate player (as `ros2 bag play`) publishes the bag's bytes."""
     done, ready = {}, threading.Event()

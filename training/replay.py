@@ -566,7 +566,7 @@ def write_outputs(report, bag, scorer, out):
                      bag.ground_truth('labels', stamp)))
     if rows:
         from .figures import save_prediction_grid
-        report['figure'] = str(save_prediction_grid(out / 'replay.png', rows))
+        report['figure'] = str(save_prediction_grid(out / 'replay.png', rows, tile_width=256))
     report['json'] = str(out / 'replay.json')
     (out / 'replay.json').write_text(json.dumps(_clean(report), indent=2,
                                                 default=_json_default, allow_nan=False))

@@ -38,6 +38,7 @@ class Pipeline:
         self.heartbeat = float(heartbeat)
         self.timings = {}
         self.reused = []
+        self.recorded = {}  # reused step -> seconds it took when it ran
         self.t0 = time.monotonic()
         self.env = {**os.environ, **(env or {})}
 
@@ -63,6 +64,13 @@ class Pipeline:
             return False
         record = self._read(name, 'done')
         return record is not None and record.get('key') == key
+
+    def _reuse(self, name):
+        record = self._read(name, 'done')
+        self.timings[name] = 0.0
+        self.reused.append(name)
+        self.recorded[name] = float(record.get('seconds', 0.0))
+        return record
 
     def _prepare(self, name, key, outputs):
         """Start a step: clean its outputs unless it only resumes an interrupted run.
@@ -105,8 +113,7 @@ class Pipeline:
         self._announce(name, description)
         if self.done(name, key):
             print(f'  reused (done earlier; --fresh to redo): {key}', flush=True)
-            self.timings[name] = 0.0
-            self.reused.append(name)
+            self._reuse(name)
             return
         if self._prepare(name, key, outputs) and resume_args:
             argv = argv + [str(a) for a in resume_args]
@@ -158,9 +165,7 @@ class Pipeline:
         self._announce(name, description)
         if self.done(name, key):
             print('  reused (done earlier; --fresh to redo)', flush=True)
-            self.timings[name] = 0.0
-            self.reused.append(name)
-            return self._read(name, 'done').get('result')
+            return self._reuse(name).get('result')
         self._prepare(name, key, outputs)
         self._start = time.monotonic()
         result = fn()
