@@ -286,6 +286,71 @@ def bench_end_to_end(model_dir, backend, sizes, frames, seconds, rate, threads, 
     return rows
 
 
+_CAMERA_CODE = """
+import sys, time
+import rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from sim2real_perception.image_conversion import rgb_to_imgmsg
+import numpy as np
+topic, count, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+rclpy.init()
+node = rclpy.create_node('dds_check_camera')
+pub = node.create_publisher(Image, topic, qos_profile_sensor_data)
+end = time.monotonic() + 30
+while pub.get_subscription_count() == 0 and time.monotonic() < end:
+    time.sleep(0.05)
+time.sleep(1.0)
+msg = rgb_to_imgmsg(np.full((375, 1242, 3), 128, np.uint8))
+for i in range(count):
+    msg.header.stamp.sec = i
+    pub.publish(msg)
+    time.sleep(1.0 / rate)
+time.sleep(0.5)
+"""
+
+
+def bench_large_frames(count, rate):
+    """Share of best-effort 1242x375 rgb8 frames that reach another process, per profile.
+
+    The camera is a child process with or without the shipped profile (the sender's segment
+    is what matters); this process receives with best-effort QoS like the node.
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    out = {}
+    for label, profile in (('fastdds_default', None), ('large_shm_profile', dds.profile_path())):
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx)
+        node = rclpy.create_node('dds_check_sink', context=ctx)
+        topic = f'/dds_check_{os.getpid()}_{label}'
+        got = set()
+        node.create_subscription(Image, topic, lambda m: got.add(m.header.stamp.sec),
+                                 qos_profile_sensor_data)
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(node)
+        env = {k: v for k, v in os.environ.items()
+               if k not in (dds.ENV_VAR, dds.LEGACY_ENV_VAR)}
+        if profile is not None:
+            env[dds.ENV_VAR] = str(profile)
+        camera = subprocess.Popen([sys.executable, '-c', _CAMERA_CODE, topic, str(count),
+                                   str(rate)], env=env)
+        while camera.poll() is None:
+            executor.spin_once(timeout_sec=0.05)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        out[label] = {'sent': count, 'received': len(got), 'share': len(got) / count}
+        print(f'1242x375 rgb8 best effort across processes, {label}: {len(got)}/{count} '
+              f'frames arrived', flush=True)
+    return out
+
+
 def print_table(results):
     head = (f'{"preset":6} {"backend":11} {"input":9} | {"conv":>5} {"pre":>5} {"infer":>6} '
             f'{"post":>5} {"pub":>5} {"other%":>6} {"fps":>5} | {"e2e lat":>7} {"e2e fps":>7} '
@@ -332,6 +397,9 @@ def main(argv=None):
     parser.add_argument('--budget', type=float, default=15.0,
                         help='seconds per stage / closed-loop measurement before it stops '
                              'early (at least 3 frames; default: 15)')
+    parser.add_argument('--dds-check-frames', type=int, default=100,
+                        help='best-effort 1242x375 frames sent across processes with and '
+                             'without the Fast DDS profile (default: 100; 0 skips the check)')
     parser.add_argument('--skip-e2e', action='store_true',
                         help='only the in-process stage timings')
     parser.add_argument('--models', type=Path, default=REPO / 'outputs' / 'bench_node' / 'models',
@@ -350,6 +418,8 @@ def main(argv=None):
             'torch': torch.__version__, 'onnxruntime': onnxruntime.__version__,
             'dds_profile': note, 'args': {k: str(v) for k, v in vars(args).items()}}
     print(f'load average {meta["load_average_before"]} on {meta["cpus"]} CPUs; {note}')
+    large_frames = (bench_large_frames(args.dds_check_frames, 10.0)
+                    if args.dds_check_frames > 0 else {})
     results = []
     log_dir = args.models.parent
     for preset in args.presets:
@@ -380,8 +450,8 @@ def main(argv=None):
                 'non_inference_share_min': r['stages']['non_inference_share_min'],
                 'non_inference_target_10pct_met': share <= 0.10}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({'meta': meta, 'results': results, 'targets': targets},
-                                   indent=2))
+    args.out.write_text(json.dumps({'meta': meta, 'results': results, 'targets': targets,
+                                    'large_frames_across_processes': large_frames}, indent=2))
     print()
     print_table(results)
     print(f'\nload average before {meta["load_average_before"]}, after '

@@ -494,7 +494,8 @@ def build_parser():
         epilog='Outputs: RUN/checkpoints/{stage}_{last,best}.json (+ .safetensors, .optim.pt), '
                'RUN/logs/{stage}.csv, RUN/logs/tb (TensorBoard), RUN/samples/*.png, '
                'RUN/export (config.json + model.safetensors), RUN/summary.json. Exit codes: '
-               f'0 done, {EXIT_NONFINITE} NaN/inf loss, 130/143 stopped by SIGINT/SIGTERM '
+               f'0 done, 2 bad config/arguments/checkpoint, {EXIT_NONFINITE} NaN/inf loss, '
+               '130/143 stopped by SIGINT/SIGTERM '
                'after saving. Multi-process: torchrun --nproc_per_node=N -m training.train ...')
     p.add_argument('--config', default='cpu',
                    help='preset name (paper, cpu, test) or a YAML file path (default: cpu)')
