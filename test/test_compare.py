@@ -10,7 +10,7 @@ import torch
 from sim2real_perception.config import load_config
 from sim2real_perception.model import build_model
 from sim2real_perception.model_io import export_model_dir
-from training.compare import gap_closed, main, parse_variant, train_command
+from training.compare import gap_closed, main, parse_variant, run_request, train_command
 from training.data.make_procedural import generate
 
 ROWS = ('twin_vae', 'sim_only', 'oracle')
@@ -30,7 +30,7 @@ def finished_run(out, row, seed, data_root, config='test'):
     torch.manual_seed(100 * seed + ROWS.index(row))
     export_model_dir(build_model(load_config(config)['model']).eval(), run_dir / 'export')
     overrides = [f'data.{s}.root={data_root.resolve()}' for s in ('sim', 'real', 'eval')]
-    request = {'config': config, 'method': row, 'seed': seed, 'overrides': overrides}
+    request = run_request(config, row, seed, overrides)
     (run_dir / 'compare_run.json').write_text(json.dumps({'request': request, 'done': True,
                                                           'seconds': 1.0}))
 
@@ -67,7 +67,7 @@ def test_aggregates_seeds_and_reuses_finished_runs(tmp_path, data_root, capsys):
     assert (out / 'eval_real.png').stat().st_size > 0 and (out / 'eval_sim.png').is_file()
     # Asking for different training settings must not silently reuse those runs.
     assert main(args + ['--set', 'train.lr=0.5']) == 3
-    assert 'not' in capsys.readouterr().err
+    assert 'different settings (config.train.lr)' in capsys.readouterr().err
 
 
 def test_gap_fraction_direction():

@@ -71,24 +71,47 @@ def train_command(config, method, seed, run_dir, overrides, resume):
     return cmd
 
 
+def run_request(config, method, seed, overrides):
+    """Describe one training run: method, seed and the fully resolved config (less eval).
+
+    The resolved config, not the preset name, is compared, so a run is not reused after
+    someone edits the preset YAML.
+    """
+    cfg = load_config(config, overrides)
+    cfg.pop('eval', None)
+    cfg['train']['seed'] = int(seed)
+    cfg['train']['progress'] = False
+    return {'method': method, 'seed': int(seed), 'config': json_safe(cfg)}
+
+
+def _differences(old, new, prefix=''):
+    """List the dotted keys whose values differ between two nested dicts."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix.rstrip('.') or '(all)']
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        out += _differences(old.get(key), new.get(key), f'{prefix}{key}.')
+    return out
+
+
 def ensure_run(spec, config, run_dir, retrain=False, in_process=False):
     """Train one run unless its export exists; return ``{export_dir, reused, seconds}``.
 
-    ``spec`` = (method, seed, overrides). The run's request is kept in
-    ``RUN/compare_run.json`` so a finished run is only reused for the same request.
+    ``spec`` = (method, seed, overrides). The run's request (:func:`run_request`) is kept
+    in ``RUN/compare_run.json`` so a finished run is only reused for the same request.
     """
     method, seed, overrides = spec
     run_dir = Path(run_dir)
-    request = {'config': str(config), 'method': method, 'seed': int(seed),
-               'overrides': list(overrides)}
+    request = run_request(config, method, seed, overrides)
     record_path = run_dir / 'compare_run.json'
     if run_dir.exists() and retrain:
         shutil.rmtree(run_dir)
     if record_path.is_file():
         old = json.loads(record_path.read_text())
         if old.get('request') != request:
-            raise CompareError(f'{run_dir} was trained for {old.get("request")}, not '
-                               f'{request}; use another --out or --retrain')
+            diff = _differences(old.get('request'), request)
+            raise CompareError(f'{run_dir} was trained with different settings ('
+                               f'{", ".join(diff[:8])}); use another --out or --retrain')
         if (run_dir / 'export' / CONFIG_NAME).is_file() and old.get('done'):
             return {'export_dir': str(run_dir / 'export'), 'reused': True,
                     'seconds': old.get('seconds')}
@@ -101,7 +124,7 @@ def ensure_run(spec, config, run_dir, retrain=False, in_process=False):
         cfg = load_config(config, overrides)
         cfg['train']['seed'] = int(seed)
         cfg['train']['progress'] = False
-        run(cfg, run_dir, 'all', method, resume)
+        run(cfg, run_dir, 'all', method, resume)  # the config run_request describes
     else:
         cmd = train_command(config, method, seed, run_dir.resolve(), overrides, resume)
         print(f'[compare] {" ".join(cmd[1:])}  (log: {run_dir / "train.log"})', flush=True)
