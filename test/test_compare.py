@@ -79,6 +79,9 @@ def test_gap_fraction_direction():
     assert gaps['ours'] == pytest.approx({'abs_rel': 0.5, 'miou': 0.75})
     assert gaps['worse'] == pytest.approx({'abs_rel': -0.5, 'miou': -0.25})
     assert gap_closed(summary(sim_only=(0.4, 0.2), ours=(0.3, 0.5))) == {}
+    # An oracle no better than sim-only leaves no gap to close: n/a, not a misleading sign.
+    assert gap_closed(summary(sim_only=(0.4, 0.2), oracle=(0.5, 0.6),
+                              ours=(0.3, 0.5)))['ours'] == {'abs_rel': None, 'miou': 0.75}
     assert gap_closed(summary(sim_only=(0.4, 0.2), oracle=(0.4, 0.2),
                               ours=(0.3, 0.5)))['ours'] == {'abs_rel': None, 'miou': None}
 

@@ -169,22 +169,42 @@ def gap_closed(summary, low='sim_only', high='oracle'):
     """Fraction of the ``low`` -> ``high`` gap each other row closes, per GAP_METRICS.
 
     ``(method - low) / (high - low)`` on the seed means (1 = as good as the oracle, 0 = no
-    better than sim-only, < 0 = worse); None when a baseline is missing or the gap is ~0.
+    better than sim-only, < 0 = worse). None when a value is missing or when ``high`` is
+    not better than ``low`` on that metric (then there is no gap to close).
     """
     if low not in summary or high not in summary:
         return {}
     out = {}
-    for row, metrics in summary.items():
+    for row in summary:
         if row in (low, high):
             continue
         out[row] = {}
-        for section, key, _ in GAP_METRICS:
+        for section, key, higher_better in GAP_METRICS:
             name = f'{section}.{key}'
             lo, hi, me = (summary[r][name]['mean'] for r in (low, high, row))
             gap = hi - lo
-            ok = all(math.isfinite(v) for v in (lo, hi, me)) and abs(gap) > 1e-9
+            ok = all(math.isfinite(v) for v in (lo, hi, me)) and \
+                (gap > 1e-9 if higher_better else gap < -1e-9)
             out[row][key] = (me - lo) / gap if ok else None
     return out
+
+
+def gap_lines(gaps, summary, low='sim_only', high='oracle'):
+    """Describe ``gap_closed`` results in one line per row."""
+    lines = []
+    for row, values in gaps.items():
+        parts = []
+        for section, key, _ in GAP_METRICS:
+            value = values.get(key)
+            if value is not None:
+                parts.append(f'{key} {value:.0%}')
+                continue
+            lo, hi = (summary[r][f'{section}.{key}']['mean'] for r in (low, high))
+            why = f'{high} {hi:.3f} is not better than {low} {lo:.3f}' \
+                if math.isfinite(lo) and math.isfinite(hi) else 'missing values'
+            parts.append(f'{key} n/a ({why})')
+        lines.append(f'{row}: fraction of the {low} -> {high} gap closed: ' + ', '.join(parts))
+    return lines
 
 
 def table_rows(summary, counts):
@@ -195,16 +215,6 @@ def table_rows(summary, counts):
                  for s, k, _, _ in COLUMNS]
         rows.append((f'{row} (n={counts[row]})', cells))
     return rows
-
-
-def gap_lines(gaps):
-    """Describe ``gap_closed`` results in one line per row."""
-    lines = []
-    for row, values in gaps.items():
-        parts = [f'{k} {v:.0%}' if v is not None else f'{k} n/a' for k, v in values.items()]
-        lines.append(f'{row}: fraction of the sim_only -> oracle gap closed: '
-                     + ', '.join(parts))
-    return lines
 
 
 def build_parser():
@@ -310,8 +320,8 @@ def run_compare(args):
             'summary': summary, 'gap_closed': gaps, 'runs': results,
         }
         table = table_rows(summary, counts)
-        text += [render(table, title=title), *gap_lines(gaps), '']
-        md += [render(table, markdown=True, title=title), '', *gap_lines(gaps), '']
+        text += [render(table, title=title), *gap_lines(gaps, summary), '']
+        md += [render(table, markdown=True, title=title), '', *gap_lines(gaps, summary), '']
         if figure:
             first = [f'{row}_s{seeds[0]}' for row, _, _ in rows]
             fig_rows = [(frame, {n.rsplit('_s', 1)[0]: preds[n] for n in first})
