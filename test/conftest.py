@@ -20,3 +20,20 @@ import pytest  # noqa: E402
 @pytest.fixture(scope='session')
 def repo_root():
     return REPO
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+    """Export one random `test`-preset model per test module (node and replay tests)."""
+    from test_node_support import make_model_dir
+    return make_model_dir(tmp_path_factory.mktemp('model'))
+
+
+@pytest.fixture(scope='module')
+def context():
+    """Give a test module its own rclpy context, shut down at the end."""
+    import rclpy
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.try_shutdown(context=ctx)

@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import pytest
-import rclpy
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -11,20 +10,7 @@ from sim2real_perception import labels
 from sim2real_perception.depth_seg_node import DepthSegNode, scale_camera_info
 from sim2real_perception.model_io import ModelLoadError
 from sim2real_perception.node_params import ParameterError
-from test_node_support import Harness, make_model_dir, test_image
-
-
-@pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp('model'))
-
-
-@pytest.fixture(scope='module')
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
+from test_node_support import Harness, test_image
 
 
 def make_node(context, model_dir, namespace='', predictor=None, **params):

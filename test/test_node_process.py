@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from safetensors.torch import load_file, save_file
 from sensor_msgs.msg import CameraInfo, Image
 
-from test_node_support import Harness, make_model_dir, test_image
+from test_node_support import Harness, test_image
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = REPO / 'config' / 'depth_seg.yaml'
@@ -75,19 +74,6 @@ class NodeProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
-
-
-@pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp('model'))
-
-
-@pytest.fixture(scope='module')
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
 
 
 @pytest.fixture
