@@ -32,7 +32,8 @@ def colorize_depth(depth, max_depth=80.0, near=1.5):
     return rgb
 
 
-def _tile(array, height, width, kind):
+def tile(array, height, width, kind):
+    """Render one figure tile: kind 'input' (RGB), 'depth' (metres) or 'labels'; None = grey."""
     if array is None:
         return np.full((height, width, 3), 40, np.uint8)
     if kind == 'depth':
@@ -52,7 +53,7 @@ def save_prediction_grid(path, rows, tile_width=320):
         cv2.putText(header, name, (i * tile_width + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                     (0, 0, 0), 1, cv2.LINE_AA)
     kinds = ('input', 'depth', 'depth', 'labels', 'labels')
-    body = [np.concatenate([_tile(a, tile_h, tile_width, k) for a, k in zip(row, kinds)], 1)
+    body = [np.concatenate([tile(a, tile_h, tile_width, k) for a, k in zip(row, kinds)], 1)
             for row in rows]
     grid = np.concatenate([header, *body], 0)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +85,11 @@ def save_comparison_grid(path, frames, methods, tile_width=192, max_depth=80.0):
     body = []
     for r, frame in enumerate(frames):
         preds = [methods[n][r] for n in names]
-        tiles = [_tile(frame['image'], tile_h, tile_width, 'input'),
+        tiles = [tile(frame['image'], tile_h, tile_width, 'input'),
                  _depth_tile(frame.get('depth'), tile_h, tile_width, max_depth)]
         tiles += [_depth_tile(p[0], tile_h, tile_width, max_depth) for p in preds]
-        tiles.append(_tile(frame.get('labels'), tile_h, tile_width, 'labels'))
-        tiles += [_tile(p[1], tile_h, tile_width, 'labels') for p in preds]
+        tiles.append(tile(frame.get('labels'), tile_h, tile_width, 'labels'))
+        tiles += [tile(p[1], tile_h, tile_width, 'labels') for p in preds]
         body.append(np.concatenate(tiles, 1))
     grid = np.concatenate([header, *body], 0)
     Path(path).parent.mkdir(parents=True, exist_ok=True)

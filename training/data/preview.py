@@ -10,29 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sim2real_perception.labels import colorize
+from training.figures import tile
 
 from .data_config import open_source
 from .image_files import DataError
 
 COLUMNS = ('sim image', 'sim depth', 'sim labels', 'real image', 'real LiDAR depth',
            'real labels')
-
-
-def _colorize_depth(depth):
-    from training.figures import colorize_depth  # owned by evaluation: one depth colouring
-    return colorize_depth(depth)
-
-
-def _tile(array, kind, height, width):
-    if array is None:
-        return np.full((height, width, 3), 40, np.uint8)
-    if kind == 'depth':
-        array = _colorize_depth(array)
-    elif kind == 'labels':
-        array = colorize(array)
-    interp = cv2.INTER_AREA if kind == 'image' else cv2.INTER_NEAREST
-    return cv2.resize(np.ascontiguousarray(array), (width, height), interpolation=interp)
 
 
 def _frames(data_cfg, rows):
@@ -63,8 +47,8 @@ def save_preview(root, path, rows=3, tile_width=256, sim_cfg=None, real_cfg=None
                     (0, 0, 0), 1, cv2.LINE_AA)
     body = []
     for s, r in zip(sim, real):
-        tiles = [_tile(f.get(key), kind, tile_h, tile_width) for f in (s, r)
-                 for key, kind in (('image', 'image'), ('depth', 'depth'),
+        tiles = [tile(f.get(key), tile_h, tile_width, kind) for f in (s, r)
+                 for key, kind in (('image', 'input'), ('depth', 'depth'),
                                    ('labels', 'labels'))]
         body.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate([header, *body], axis=0)
