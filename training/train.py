@@ -10,6 +10,7 @@ checkpoint holds weights, optimizer and RNG states, and SIGINT/SIGTERM save befo
 Under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, NCCL on CUDA).
 """
 import argparse
+import gc
 import json
 import math
 import os
@@ -466,10 +467,21 @@ class Trainer:
         summary['export_dir'] = str(export)
         return summary
 
-    def close(self):
-        """Leave the process group (DDP)."""
+    def close(self, completed=True):
+        """Leave the process group (DDP) while the interpreter is fully alive.
+
+        A gloo group torn down during interpreter finalisation, with a DDP reducer still
+        holding it through a reference cycle, can abort the process (``terminate called
+        without an active exception``) after a successful run. So: wait for every rank,
+        free the unreachable DDP wrappers, then destroy the group explicitly. After a failure
+        (``completed=False``) the other ranks may never reach the barrier, so skip it.
+        """
         if self.world > 1 and dist.is_initialized():
+            if completed:
+                dist.barrier()
+            gc.collect()
             dist.destroy_process_group()
+            gc.collect()
 
 
 def run(cfg, run_dir, stage='all', method='twin_vae', resume=False):
@@ -479,9 +491,12 @@ def run(cfg, run_dir, stage='all', method='twin_vae', resume=False):
     """
     trainer = Trainer(cfg, run_dir, method, resume)
     try:
-        return trainer.run(stage)
-    finally:
-        trainer.close()
+        result = trainer.run(stage)
+    except BaseException:
+        trainer.close(completed=False)
+        raise
+    trainer.close()
+    return result
 
 
 def build_parser():
