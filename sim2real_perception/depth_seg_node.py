@@ -15,11 +15,15 @@ the input's header and resolution:
   ``class_colors``.
 
 The subscription callback only queues the message; a worker thread runs the model on the
-newest frame, so a slow model drops frames (counted) instead of building a backlog. Health
+newest frame, so a slow model drops frames (counted) instead of building a backlog. With
+``pipeline`` (default) a second thread upsamples and publishes each result while the worker
+already runs the model on the next frame; it takes one result at a time, so the worker waits
+rather than letting results pile up. Health
 goes to ``/diagnostics`` and a periodic log line. Run it with
 ``depth_seg_node --ros-args --params-file config/depth_seg.yaml -p model_path:=DIR``.
 """
 import collections
+import queue
 import sys
 import threading
 import time
@@ -45,6 +49,8 @@ from .image_conversion import (array_to_imgmsg, compressed_to_rgb, ImageConversi
                                imgmsg_to_rgb)
 from .model_io import ModelLoadError
 from .predictor import Predictor
+
+_DONE = object()  # tells the output thread to stop
 
 NODE_NAME = 'depth_seg_node'
 _LEVELS = {health.OK: DiagnosticStatus.OK, health.WARN: DiagnosticStatus.WARN,
@@ -159,6 +165,12 @@ class DepthSegNode(Node):
                 event_callbacks=sub_events))
         self.create_timer(p.diagnostics_period, self._publish_diagnostics)
         self._last_log = time.monotonic()
+        self._results = queue.Queue(maxsize=1) if p.pipeline else None
+        self._output_thread = None
+        if p.pipeline:
+            self._output_thread = threading.Thread(target=self._output_loop,
+                                                   name='depth_seg_output', daemon=True)
+            self._output_thread.start()
         self._worker = threading.Thread(target=self._work, name='depth_seg_worker',
                                         daemon=True)
         self._worker.start()
@@ -213,13 +225,36 @@ class DepthSegNode(Node):
                 if self._stop:
                     return
                 item = self._queue.popleft()
-            try:
-                self.process(*item)
-            except Exception as exc:  # noqa: BLE001 - the node must keep serving
-                self.stats.count('failed')
-                self.stats.error(f'{type(exc).__name__}: {exc}')
-                self.get_logger().error(f'frame failed: {type(exc).__name__}: {exc}',
-                                        throttle_duration_sec=self.params.warn_throttle_period)
+            job = self._guarded(self._infer, *item)
+            if job is None:
+                continue
+            if self._results is None:
+                self._guarded(self._finish, job)
+                continue
+            while not self._stop:  # wait for the output thread; never queue a second result
+                try:
+                    self._results.put(job, timeout=0.5)
+                    break
+                except queue.Full:
+                    pass
+
+    def _output_loop(self):
+        while True:
+            job = self._results.get()
+            if job is _DONE:
+                return
+            self._guarded(self._finish, job)
+
+    def _guarded(self, stage, *args):
+        """Run one frame's stage; count and log a failure instead of ending the thread."""
+        try:
+            return stage(*args)
+        except Exception as exc:  # noqa: BLE001 - the node must keep serving
+            self.stats.count('failed')
+            self.stats.error(f'{type(exc).__name__}: {exc}')
+            self.get_logger().error(f'frame failed: {type(exc).__name__}: {exc}',
+                                    throttle_duration_sec=self.params.warn_throttle_period)
+            return None
 
     def _reject(self, msg, exc):
         self.stats.count('malformed')
@@ -231,6 +266,11 @@ class DepthSegNode(Node):
 
     def process(self, msg, compressed=False, t_recv=None):
         """Convert, infer and publish one frame; return the Prediction or None if rejected."""
+        job = self._infer(msg, compressed, t_recv)
+        return None if job is None else self._finish(job)
+
+    def _infer(self, msg, compressed=False, t_recv=None):
+        """Convert and run the model (worker thread); None when the message is rejected."""
         t_recv = time.perf_counter() if t_recv is None else t_recv
         p = self.params
         t0 = time.perf_counter()
@@ -241,7 +281,14 @@ class DepthSegNode(Node):
             self._reject(msg, exc)
             return None
         stages = {'conversion': _ms(t0)}
-        pred = self.predictor.predict(rgb)
+        out = self.predictor.infer_batch([rgb])[0]
+        return msg.header, out, stages, t_recv
+
+    def _finish(self, job):
+        """Upsample, colour and publish one model output (output thread or worker)."""
+        header, out, stages, t_recv = job
+        p = self.params
+        pred = self.predictor.finish(out)
         stages['preprocess'] = pred.timings['preprocess_ms']
         stages['inference'] = pred.timings['inference_ms']
         stages['postprocess'] = pred.timings['postprocess_ms']
@@ -261,7 +308,7 @@ class DepthSegNode(Node):
         else:
             color = None
         t0 = time.perf_counter()
-        self._publish(msg.header, pred, color)
+        self._publish(header, pred, color)
         stages['publish'] = _ms(t0)
         self.stats.frame_done(_ms(t_recv), stages)
         pred.timings.update({f'{k}_ms': v for k, v in stages.items()})
@@ -274,7 +321,7 @@ class DepthSegNode(Node):
         for key, arr, encoding in outputs:
             pub = pubs.get(key)
             if pub is not None and arr is not None and pub.get_subscription_count() > 0:
-                pub.publish(array_to_imgmsg(arr, encoding, header))
+                pub.publish(array_to_imgmsg(arr, encoding, header, zero_copy=True))
         info_pub = pubs.get('camera_info')
         if info_pub is not None and self._camera_info is not None:
             h, w = pred.depth.shape
@@ -299,15 +346,22 @@ class DepthSegNode(Node):
         return report
 
     def destroy_node(self):
-        """Stop the worker thread before the publishers go away."""
+        """Stop the worker, then let the output thread publish what it holds and stop."""
         cv = getattr(self, '_cv', None)
         if cv is not None:
             with cv:
                 self._stop = True
                 cv.notify_all()
-        worker = getattr(self, '_worker', None)
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=5.0)
+        for name in ('_worker', '_output_thread'):
+            thread = getattr(self, name, None)
+            if thread is None or thread is threading.current_thread():
+                continue
+            if name == '_output_thread':
+                try:  # after the last result: the worker has stopped
+                    self._results.put(_DONE, timeout=5.0)
+                except queue.Full:
+                    pass
+            thread.join(timeout=5.0)
         return super().destroy_node()
 
 

@@ -31,6 +31,7 @@ class NodeParams:
     subscribe_compressed: bool = False
     max_queued_frames: int = 1
     max_input_pixels: int = 16777216
+    pipeline: bool = True
     publish_depth: bool = True
     publish_segmentation: bool = True
     publish_segmentation_color: bool = True
@@ -59,6 +60,8 @@ DESCRIPTIONS = {
     'max_queued_frames': 'frames waiting for the model; 1 = only ever the newest frame, '
                          'older ones are dropped and counted',
     'max_input_pixels': 'larger images are rejected as malformed',
+    'pipeline': 'upsample and publish each frame in a second thread while the model already '
+                'runs the next one (more frames/s); false: one thread does every stage',
     'publish_depth': 'publish depth (32FC1 metres)',
     'publish_segmentation': 'publish segmentation (mono8 class ids)',
     'publish_segmentation_color': 'publish segmentation_color (rgb8; only with subscribers)',

@@ -109,6 +109,26 @@ def test_array_to_imgmsg_round_trips_both_byte_orders(encoding, arr):
         np.testing.assert_array_equal(ic.imgmsg_to_rgb(msg), want)
 
 
+@pytest.mark.parametrize('encoding, arr', [
+    ('32FC1', RNG.random((H, W), dtype=np.float32) * 80), ('rgb8', RGB), ('mono8', GRAY),
+    ('rgb8', RGB[:, ::2]),  # a strided view is made contiguous first
+    ('32FC1', (RNG.random((H, W)) * 80).astype('>f4')),
+])
+def test_zero_copy_messages_serialise_like_copied_ones(encoding, arr):
+    from rclpy.serialization import deserialize_message, serialize_message
+    copied = ic.array_to_imgmsg(arr, encoding)
+    shared = ic.array_to_imgmsg(arr, encoding, zero_copy=True)
+    assert not isinstance(shared.data, array.array)  # no copy was made
+    if arr.flags.c_contiguous:
+        assert np.shares_memory(np.asarray(shared.data), arr)
+    wire = serialize_message(shared)
+    assert wire == serialize_message(copied)
+    back = deserialize_message(wire, Image)
+    assert (back.height, back.width, back.encoding, back.step) == \
+        (copied.height, copied.width, encoding, copied.step)
+    np.testing.assert_array_equal(ic.imgmsg_to_array(back), arr)
+
+
 def test_imgmsg_to_array_honours_padding_and_big_endian_depth():
     depth = (RNG.random((H, W)) * 50).astype(np.float32)
     msg = raw_msg(depth, '32FC1', bigendian=True, pad=8)

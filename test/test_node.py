@@ -1,5 +1,6 @@
 """depth_seg_node in-process over real rclpy + Fast DDS (loopback): outputs, bad input, health."""
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ def test_outputs_have_input_header_encoding_and_size(rig):
     assert np.all(d[np.isfinite(d)] > 0)
     assert np.all(np.isinf(d) == (lab == labels.CLASS_NAMES.index('sky')))
     assert lab.max() < labels.NUM_CLASSES
-    np.testing.assert_array_equal(col, labels.colorize(lab))
+    np.testing.assert_array_equal(col, labels.PALETTE[lab])
     ci = h.received['depth/camera_info'][0]
     assert (ci.width, ci.height, ci.header.frame_id) == (320, 200, 'cam_opt')
     assert ci.k[0] == pytest.approx(250.0) and ci.k[5] == pytest.approx(100.0)
@@ -93,6 +94,54 @@ def test_rgb8_prediction_matches_predictor_for_every_encoding(rig):
         assert h.spin_until(lambda: h.received['segmentation']), encoding
         got = np.frombuffer(h.received['segmentation'][0].data, np.uint8).reshape(64, 96)
         np.testing.assert_array_equal(got, want, err_msg=encoding)
+
+
+@pytest.mark.parametrize('pipeline', [True, False])
+def test_a_burst_is_answered_in_order_by_the_configured_threads(rig, pipeline):
+    node, h = rig(pipeline=pipeline, input_reliability='reliable', input_depth=20,
+                  max_queued_frames=20, output_depth=20, publish_camera_info=False)
+    finish, threads = node.predictor.finish, []
+
+    def spy(out):
+        threads.append(threading.current_thread().name)
+        return finish(out)
+
+    node.predictor.finish = spy
+    images = [test_image(160, 100, seed=s) for s in range(6)]
+    for i, img in enumerate(images):
+        h.send(img, 'rgb8', stamp=(i, 0))
+    assert h.spin_until(lambda: len(h.received['segmentation_color']) == 6), \
+        {k: len(v) for k, v in h.received.items()}
+    # pipeline: the output thread upsampled and published, the worker only ran the model.
+    assert set(threads) == {'depth_seg_output' if pipeline else 'depth_seg_worker'}
+    node.predictor.finish = finish
+    assert [m.header.stamp.sec for m in h.received['depth']] == list(range(6))
+    for img, d, seg in zip(images, h.received['depth'], h.received['segmentation']):
+        want = node.predictor.predict(img)
+        np.testing.assert_array_equal(np.frombuffer(d.data, np.float32).reshape(100, 160),
+                                      want.depth)
+        np.testing.assert_array_equal(np.frombuffer(seg.data, np.uint8).reshape(100, 160),
+                                      want.labels)
+    assert node.stats.counts['dropped'] == 0
+
+
+def test_a_failing_output_stage_is_counted_and_the_next_frame_served(rig):
+    node, h = rig(warn_throttle_period=0.0)
+    assert node.params.pipeline  # the default
+    finish, calls = node.predictor.finish, []
+
+    def flaky(out):
+        calls.append(out)
+        if len(calls) == 1:
+            raise RuntimeError('upsampling exploded')
+        return finish(out)
+
+    node.predictor.finish = flaky
+    assert h.send_until(lambda: h.send(test_image(64, 48), 'rgb8'),
+                        lambda: h.received['depth'])
+    assert node.stats.counts['failed'] == 1
+    assert 'upsampling exploded' in node.stats.last_error
+    assert node._output_thread.is_alive()
 
 
 def array_to_msg(arr, encoding):

@@ -9,12 +9,14 @@ import pickle
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from sim2real_perception import labels as label_set
 from sim2real_perception.model_io import ModelLoadError
-from sim2real_perception.predictor import InputImageError, Predictor, resolve_model_path
+from sim2real_perception.predictor import (InputImageError, Predictor, resize_to_model,
+                                           resolve_model_path)
 from test_node_support import make_model_dir, onnx_model, test_image  # noqa: F401
 
 SKY = label_set.CLASS_NAMES.index('sky')
@@ -44,7 +46,7 @@ def test_any_size_gives_metric_depth_and_class_ids_at_input_size(torch_predictor
     # Nearest-neighbour resizing: only ids the model produced, never blends.
     assert set(np.unique(pred.labels)) <= set(np.unique(pred.small_labels))
     assert pred.labels.max() < label_set.NUM_CLASSES
-    np.testing.assert_array_equal(pred.color, label_set.colorize(pred.labels))
+    np.testing.assert_array_equal(pred.color, label_set.PALETTE[pred.labels])
     for stage in ('preprocess_ms', 'inference_ms', 'postprocess_ms'):
         assert pred.timings[stage] >= 0
 
@@ -179,3 +181,37 @@ def test_a_pickle_posing_as_weights_is_never_unpickled(onnx_model, tmp_path):  #
     with pytest.raises(ModelLoadError, match='model.safetensors'):
         Predictor.from_path(trap, backend='torch', device='cpu')
     assert not marker.exists()
+
+
+@pytest.mark.parametrize('src, dst', [((1242, 375), (256, 128)), ((640, 192), (256, 128)),
+                                      ((1920, 1080), (256, 256)), ((300, 140), (256, 128)),
+                                      ((512, 256), (256, 128)), ((200, 100), (256, 128))])
+def test_resize_to_model_is_close_to_inter_area(src, dst):
+    w, h = src
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(src[0])
+    # Camera-like: smooth shading, edges and mild noise.
+    scene = (80 + 0.1 * xx + 40 * (xx % 97 < 30) + 30 * (yy > h // 2))[..., None] + \
+        rng.normal(0, 3, (h, w, 3))
+    # Adversarial: texture near the Nyquist limit plus strong noise, where aliasing shows.
+    texture = (127 + 60 * np.sin(xx / 3.0) * np.cos(yy / 5.0))[..., None] + \
+        rng.normal(0, 12, (h, w, 3))
+    for image, bound, vs_linear in ((scene, 1.0, 2.0), (texture, 3.0, 2.5)):
+        image = np.clip(image, 0, 255).astype(np.uint8)
+        got = resize_to_model(image, *dst)
+        ref = cv2.resize(image, dst, interpolation=cv2.INTER_AREA).astype(np.int16)
+        assert got.shape == ref.shape == (dst[1], dst[0], 3) and got.dtype == np.uint8
+        diff = np.abs(got - ref).mean()
+        assert diff < bound, (diff, bound)
+        if src[0] >= 2 * dst[0]:  # plain bilinear shrinking is far worse
+            lin = np.abs(cv2.resize(image, dst, interpolation=cv2.INTER_LINEAR) - ref).mean()
+            assert diff <= lin / vs_linear, (diff, lin)
+
+
+def test_colorize_is_the_palette_lookup():
+    rng = np.random.default_rng(3)
+    lab = rng.integers(0, 256, (375, 1242)).astype(np.uint8)
+    np.testing.assert_array_equal(label_set.colorize(lab), label_set.PALETTE[lab])
+    strided = lab[::2, ::3]  # not contiguous
+    np.testing.assert_array_equal(label_set.colorize(strided), label_set.PALETTE[strided])
+    assert label_set.colorize(np.zeros((0, 4), np.uint8)).shape == (0, 4, 3)
