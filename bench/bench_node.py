@@ -13,7 +13,8 @@ For every preset and backend a randomly initialised model is exported (and cache
   queued at once, none dropped), ``pipeline`` true and false, against the bare model
   (``predictor.runner`` back to back on a preprocessed frame) in the same run, alternating
   rounds. Frame time = wall time / frames; its share outside inference is
-  1 - bare inference time / frame time, what the node costs on top of the model;
+  1 - bare inference time / frame time (per round, against the bare round just before it;
+  median over rounds), what the node costs on top of the model;
 * end to end: the node runs as its console script in its own process (what users run); this
   process is the camera (best-effort rgb8, large shared-memory Fast DDS profile) and the
   consumer of depth + segmentation + segmentation_color. Closed loop (send, wait for all
@@ -206,12 +207,17 @@ def bench_throughput(model_dir, backend, sizes, frames, threads, rounds=3):
             time.sleep(0.002)
         return (time.perf_counter() - t0) * 1000 / count
 
-    def bare_ms(node, batch, count, out):
+    def bare_ms(node, batch, count):
         runner = node.predictor.runner
         t0 = time.perf_counter()
         for _ in range(count):
             runner(batch)
-        out.append((time.perf_counter() - t0) * 1000 / count)
+        return (time.perf_counter() - t0) * 1000 / count
+
+    # One long-lived thread for the bare model, like the node's worker: a fresh thread per
+    # round would start a fresh OpenMP pool (torch) and time that instead.
+    from concurrent.futures import ThreadPoolExecutor
+    bare_thread = ThreadPoolExecutor(max_workers=1)
 
     rows = []
     try:
@@ -222,22 +228,30 @@ def bench_throughput(model_dir, backend, sizes, frames, threads, rounds=3):
             times = {'bare_inference': [], 'pipeline': [], 'serial': []}
             for mode, node in nodes.items():  # warm-up
                 node_ms(node, msg, 3)
+            bare_thread.submit(bare_ms, nodes['serial'], batch, 3).result()
             for _ in range(rounds):
-                worker = threading.Thread(target=bare_ms, args=(
-                    nodes['serial'], batch, frames, times['bare_inference']))
-                worker.start()
-                worker.join()
+                times['bare_inference'].append(
+                    bare_thread.submit(bare_ms, nodes['serial'], batch, frames).result())
                 for mode, node in nodes.items():
                     times[mode].append(node_ms(node, msg, frames))
             med = {k: float(np.median(v)) for k, v in times.items()}
+            bare = np.asarray(times['bare_inference'])
+            # Each round's node time against the bare model measured just before it, so
+            # drift in the machine's speed (a shared VM) cancels; median over rounds.
+            paired = {m: (1 - bare / np.asarray(times[m])).tolist()
+                      for m in ('pipeline', 'serial')}
             rows.append({'size': f'{width}x{height}', 'frames': frames, 'rounds': rounds,
                          'frame_ms': med, 'frame_ms_rounds': times,
                          'fps': {k: 1000 / v for k, v in med.items()},
-                         'non_inference_share': {
+                         'non_inference_share': {m: float(np.median(v))
+                                                 for m, v in paired.items()},
+                         'non_inference_share_rounds': paired,
+                         'non_inference_share_of_medians': {
                              m: 1 - med['bare_inference'] / med[m]
                              for m in ('pipeline', 'serial')},
                          'dropped': {m: n.stats.counts['dropped'] for m, n in nodes.items()}})
     finally:
+        bare_thread.shutdown()
         sink.destroy_node()
         for node in nodes.values():
             node.destroy_node()
@@ -472,6 +486,9 @@ def main(argv=None):
                         help='input image sizes WIDTHxHEIGHT (default: 1242x375 256x256)')
     parser.add_argument('--frames', type=int, default=20,
                         help='timed frames per stage / closed-loop run (default: 20)')
+    parser.add_argument('--rounds', type=int, default=3,
+                        help='throughput: alternating rounds of bare model / pipelined node / '
+                             'serial node, medians reported (default: 3)')
     parser.add_argument('--seconds', type=float, default=4.0,
                         help='length of each open-loop run in seconds (default: 4)')
     parser.add_argument('--rate', type=float, default=30.0,
@@ -512,7 +529,7 @@ def main(argv=None):
             stages = bench_stages(model_dir, backend, sizes, args.frames, args.threads,
                                   args.budget)
             throughput = bench_throughput(model_dir, backend, sizes, args.frames,
-                                          args.threads)
+                                          args.threads, args.rounds)
             e2e = ([] if args.skip_e2e else
                    bench_end_to_end(model_dir, backend, sizes, args.frames, args.seconds,
                                     args.rate, args.threads, log_dir, args.budget))
