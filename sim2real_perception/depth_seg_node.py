@@ -18,8 +18,8 @@ The subscription callback only queues the message; a worker thread runs the mode
 newest frame, so a slow model drops frames (counted) instead of building a backlog. With
 ``pipeline`` (default) a second thread upsamples and publishes each result while the worker
 already runs the model on the next frame; it takes one result at a time, so the worker waits
-rather than letting results pile up. Health
-goes to ``/diagnostics`` and a periodic log line. Run it with
+rather than letting results pile up. Health goes to ``/diagnostics`` and a periodic log
+line. Run it with
 ``depth_seg_node --ros-args --params-file config/depth_seg.yaml -p model_path:=DIR``.
 """
 import collections
