@@ -307,9 +307,10 @@ class Predictor:
         return depth, full_labels
 
     def _infinity(self, h, w):
-        if self._inf is None or self._inf.shape != (h, w):
-            self._inf = np.full((h, w), np.inf, np.float32)
-        return self._inf
+        inf = self._inf  # one read: another thread may swap in another size meanwhile
+        if inf is None or inf.shape != (h, w):
+            inf = self._inf = np.full((h, w), np.inf, np.float32)
+        return inf
 
     def predict(self, rgb):
         """Return a :class:`Prediction` for one HxWx3 uint8 RGB image."""
