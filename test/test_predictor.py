@@ -215,3 +215,25 @@ def test_colorize_is_the_palette_lookup():
     strided = lab[::2, ::3]  # not contiguous
     np.testing.assert_array_equal(label_set.colorize(strided), label_set.PALETTE[strided])
     assert label_set.colorize(np.zeros((0, 4), np.uint8)).shape == (0, 4, 3)
+
+
+def test_one_predictor_serves_two_threads_with_different_sizes(torch_predictor):
+    # The node's output thread and a direct predict() call may share a predictor.
+    import threading
+    errors = []
+
+    def run(width, height):
+        try:
+            for seed in range(12):
+                pred = torch_predictor.predict(test_image(width, height, seed=seed))
+                assert pred.depth.shape == (height, width)
+                np.testing.assert_array_equal(np.isposinf(pred.depth), pred.labels == SKY)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=size) for size in ((53, 37), (248, 75))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
