@@ -98,30 +98,43 @@ def _summary(values):
             'p90': float(np.percentile(arr, 90)), 'max': float(arr.max())}
 
 
+def _bench_node(ctx, sink, model_dir, backend, threads, namespace, **params):
+    """Start a DepthSegNode as benchmarked (CPU, no log lines, no camera_info) and give
+    ``sink`` a real subscriber on each of its image outputs."""
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+    from sim2real_perception.depth_seg_node import DepthSegNode
+    values = {'model_path': str(model_dir), 'backend': backend, 'device': 'cpu',
+              'threads': threads, 'log_period': 0.0, 'diagnostics_period': 60.0,
+              'publish_camera_info': False} | params
+    node = DepthSegNode(context=ctx, namespace=namespace, parameter_overrides=[
+        Parameter(k, value=v) for k, v in values.items()])
+    for topic in OUTPUT_TOPICS:
+        sink.create_subscription(Image, f'{namespace}/{topic}', lambda m: None, 1)
+    return node
+
+
+def _wait_matched(nodes, wait, timeout=10.0):
+    """Call ``wait()`` until every image output of ``nodes`` has its subscriber."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not all(
+            p.get_subscription_count() for n in nodes
+            for k, p in n._pubs.items() if k in OUTPUT_TOPICS):
+        wait()
+
+
 def bench_stages(model_dir, backend, sizes, frames, threads, budget):
     """Time the node's own stages in this process (real publishers, real subscribers)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
-    from sensor_msgs.msg import Image
-    from sim2real_perception.depth_seg_node import DepthSegNode
     from sim2real_perception.image_conversion import rgb_to_imgmsg
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
-    params = {'model_path': str(model_dir), 'backend': backend, 'device': 'cpu',
-              'threads': threads, 'log_period': 0.0, 'diagnostics_period': 60.0,
-              'publish_camera_info': False}
-    node = DepthSegNode(context=ctx, namespace='/bench_stages',
-                        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     sink = rclpy.create_node('bench_sink', namespace='/bench_stages', context=ctx)
-    for topic in OUTPUT_TOPICS:
-        sink.create_subscription(Image, topic, lambda m: None, 1)
+    node = _bench_node(ctx, sink, model_dir, backend, threads, '/bench_stages')
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(sink)
-    end = time.monotonic() + 10
-    while time.monotonic() < end and not all(
-            p.get_subscription_count() for k, p in node._pubs.items() if k in OUTPUT_TOPICS):
-        executor.spin_once(timeout_sec=0.05)
+    _wait_matched([node], lambda: executor.spin_once(timeout_sec=0.05))
     rows = []
 
     def measure(msg, per_stage, totals, stop):
@@ -176,27 +189,14 @@ def bench_stages(model_dir, backend, sizes, frames, threads, budget):
 def bench_throughput(model_dir, backend, sizes, frames, threads, rounds=3):
     """Frame time of the node's threads (pipeline on/off) against the bare model."""
     import rclpy
-    from rclpy.parameter import Parameter
-    from sensor_msgs.msg import Image
-    from sim2real_perception.depth_seg_node import DepthSegNode
     from sim2real_perception.image_conversion import rgb_to_imgmsg
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
-    base = {'model_path': str(model_dir), 'backend': backend, 'device': 'cpu',
-            'threads': threads, 'log_period': 0.0, 'diagnostics_period': 60.0,
-            'publish_camera_info': False, 'max_queued_frames': frames + 3}
-    nodes = {mode: DepthSegNode(context=ctx, namespace=f'/bench_tp_{mode}', parameter_overrides=[
-        Parameter(k, value=v) for k, v in (base | {'pipeline': mode == 'pipeline'}).items()])
-        for mode in ('pipeline', 'serial')}
-    sink = rclpy.create_node('bench_tp_sink', context=ctx)
-    for mode in nodes:  # real subscribers, not spun (as in bench_stages)
-        for topic in OUTPUT_TOPICS:
-            sink.create_subscription(Image, f'/bench_tp_{mode}/{topic}', lambda m: None, 1)
-    end = time.monotonic() + 10
-    while time.monotonic() < end and not all(
-            p.get_subscription_count() for n in nodes.values()
-            for k, p in n._pubs.items() if k in OUTPUT_TOPICS):
-        time.sleep(0.05)
+    sink = rclpy.create_node('bench_tp_sink', context=ctx)  # not spun (as in bench_stages)
+    nodes = {mode: _bench_node(ctx, sink, model_dir, backend, threads, f'/bench_tp_{mode}',
+                               max_queued_frames=frames + 3, pipeline=mode == 'pipeline')
+             for mode in ('pipeline', 'serial')}
+    _wait_matched(nodes.values(), lambda: time.sleep(0.05))
 
     def node_ms(node, msg, count):
         done = node.stats.counts['processed'] + count
