@@ -8,7 +8,7 @@ import math
 
 import torch
 
-ENCODINGS = ('linear', 'inverse', 'log')
+from ..model_config import ENCODINGS
 
 
 def _check(encoding, min_depth, max_depth):

@@ -12,83 +12,12 @@ count is a config value that defaults to section 3.2's three.
 The latent follows UNIT: the encoder predicts the mean of q(z|x) with unit variance, so
 the reparameterisation trick is ``z = mu + eps`` in training and ``z = mu`` in eval.
 """
-import dataclasses
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
-from .depth_coding import ENCODINGS, decode_depth
+from ..model_config import ModelConfig
+from .depth_coding import decode_depth
 from .packnet import PackLayer, ResBlock, UnpackLayer
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Network hyper-parameters; see ``config/defaults.yaml`` (section ``model``)."""
-
-    height: int = 256
-    width: int = 256
-    in_channels: int = 3
-    stem_channels: int = 64
-    stem_kernel: int = 7
-    pack_channels: tuple = (76, 88, 100, 128, 200)
-    res_blocks: int = 2
-    bottleneck_channels: int = 250
-    latent_channels: int = 300
-    kernel_size: int = 3
-    packing_d: int = 8
-    shared_layers: int = 3
-    num_classes: int = 12
-    init_std: float = 0.02
-    depth_encoding: str = 'linear'
-    min_depth: float = 0.5
-    max_depth: float = 80.0
-
-    @classmethod
-    def from_dict(cls, data):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise KeyError(f'unknown model config keys {sorted(unknown)}')
-        data = dict(data)
-        if 'pack_channels' in data:
-            data['pack_channels'] = tuple(int(c) for c in data['pack_channels'])
-        cfg = cls(**data)
-        cfg.validate()
-        return cfg
-
-    def to_dict(self):
-        out = dataclasses.asdict(self)
-        out['pack_channels'] = list(self.pack_channels)
-        return out
-
-    @property
-    def num_encoder_layers(self):
-        return 1 + len(self.pack_channels) + self.res_blocks + 2
-
-    @property
-    def downsampling(self):
-        return 2 ** (len(self.pack_channels) + 1)
-
-    def validate(self):
-        for side, size in (('height', self.height), ('width', self.width)):
-            if size <= 0 or size % 128:
-                raise ValueError(f'model.{side}={size}: must be a positive multiple of 128')
-        if not self.pack_channels:
-            raise ValueError('model.pack_channels must not be empty')
-        if not 1 <= self.shared_layers <= self.num_encoder_layers:
-            raise ValueError(f'model.shared_layers={self.shared_layers}: must be in '
-                             f'1..{self.num_encoder_layers}')
-        if self.depth_encoding not in ENCODINGS:
-            raise ValueError(f'model.depth_encoding must be one of {ENCODINGS}')
-        if not 0 < self.min_depth < self.max_depth:
-            raise ValueError('model: need 0 < min_depth < max_depth')
-        if not 1 <= self.num_classes <= 255:
-            raise ValueError('model.num_classes must be in 1..255 (mono8 labels, 255 = ignore)')
-        # The unpacking Conv2d emits 4*out/d channels.
-        for ch in (self.stem_channels, *self.pack_channels):
-            if (4 * ch) % self.packing_d:
-                raise ValueError(f'4*{ch} channels not divisible by packing_d={self.packing_d}')
 
 
 class LatentHead(nn.Sequential):
