@@ -33,7 +33,6 @@ setup(
     maintainer_email='maintainers@sim2real-perception.invalid',
     description='Monocular depth and segmentation with a sim2real twin-VAE (ROS 2 node + training).',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'depth_seg_node = sim2real_perception.depth_seg_node:main',

@@ -473,11 +473,12 @@ def print_table(results):
           'frames never answered.')
 
 
-def main(argv=None):
-    """Run the benchmark and write the JSON."""
+def build_parser():
+    """Return the command-line parser."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog='Results: bench/results/bench_node.json (and a printed table).')
+        epilog='Results: bench/results/bench_node.json (and a printed table). '
+               'Docs: docs/benchmarks.md#node')
     parser.add_argument('--presets', nargs='+', default=['cpu', 'paper'],
                         help='model presets (default: cpu paper)')
     parser.add_argument('--backends', nargs='+', default=['onnxruntime', 'torch'],
@@ -508,7 +509,12 @@ def main(argv=None):
     parser.add_argument('--out', type=Path,
                         default=REPO / 'bench' / 'results' / 'bench_node.json',
                         help='JSON output (default: bench/results/bench_node.json)')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    """Run the benchmark and write the JSON."""
+    args = build_parser().parse_args(argv)
     note = dds.apply_default_profile()  # before any rclpy.init: this process is the camera
     sizes = [parse_size(s) for s in args.sizes]
     import onnxruntime

@@ -37,16 +37,22 @@ def _run(out, sim, real, height, width, workers):
     return time.perf_counter() - wall, _cpu() - cpu, manifest
 
 
-def main(argv=None):
-    """Run the benchmark."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def build_parser():
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     epilog='Docs: docs/benchmarks.md#procedural-data-generator')
     parser.add_argument('--frames', type=int, default=200,
                         help='frames per measurement (default: %(default)s)')
     parser.add_argument('--workers', type=int, default=default_workers(),
                         help='workers of the mixed run (default: %(default)s)')
     parser.add_argument('--out', type=Path, default=REPO / 'bench' / 'results'
                         / 'bench_procedural.json', help='JSON result file')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    """Run the benchmark."""
+    args = build_parser().parse_args(argv)
     os.environ.setdefault('OMP_NUM_THREADS', '1')
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

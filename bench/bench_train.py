@@ -77,11 +77,12 @@ def bench_stage(net, mc, stage, batch, steps, device, bf16):
     return times[len(times) // 2], images
 
 
-def main(argv=None):
-    """Run the benchmark (``--help`` for options)."""
+def build_parser():
+    """Return the command-line parser."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog='\n'.join(__doc__.splitlines()[6:]))
+                                epilog='\n'.join(__doc__.splitlines()[6:])
+                                + '\nDocs: docs/benchmarks.md#training-throughput')
     p.add_argument('--presets', default='test,cpu',
                    help='comma-separated presets (test, cpu, paper); default test,cpu')
     p.add_argument('--batch', type=int, default=0,
@@ -90,7 +91,12 @@ def main(argv=None):
     p.add_argument('--device', default='cpu', help='cpu | cuda (bf16 autocast on CUDA)')
     p.add_argument('--out', default=str(REPO / 'bench' / 'results' / 'bench_train.json'),
                    help='JSON output path')
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    """Run the benchmark (``--help`` for options)."""
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device)
     bf16 = device.type == 'cuda'
     rows = []

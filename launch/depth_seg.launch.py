@@ -16,11 +16,16 @@ tests run)::
 ``backend`` and ``device`` left empty keep the params file's values. ``camera_info`` is
 taken from next to the image topic, as image_transport's camera publishers place it.
 FASTDDS_DEFAULT_PROFILES_FILE is set to the shipped large shared-memory profile unless the
-user set it (or its legacy FASTRTPS_ name). The ``launch`` imports sit inside the functions
-so the pure helpers can be tested where ROS 2 ``launch`` is not installed.
+user set it (or its legacy FASTRTPS_ name). A ``params_file`` that is not a file stops the
+launch with an error naming it (launch_ros alone only warns and starts the node on its
+built-in defaults). The node's output gets a terminal (colours) only when this launch's own
+output is one, so a redirected log carries no ANSI colour codes. The ``launch`` imports sit
+inside the functions so the pure helpers can be tested where ROS 2 ``launch`` is not
+installed.
 """
 import os
 import posixpath
+import sys
 
 PACKAGE = 'sim2real_perception'
 EXECUTABLE = 'depth_seg_node'
@@ -74,6 +79,21 @@ def node_command(params_file, model_path, image_topic='image', backend='', devic
     return cmd
 
 
+def check_params_file(path):
+    """Raise FileNotFoundError naming ``path`` unless it is a file (launch shows the text)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'params file not found: {path} (launch argument params_file)')
+    return path
+
+
+def output_options(isatty):
+    """Node process output settings: a pseudo-terminal (colours) only for a terminal."""
+    env = {'PYTHONUNBUFFERED': '1'}  # without a terminal, Python would buffer its output
+    if not isatty:
+        env['RCUTILS_COLORIZED_OUTPUT'] = '0'
+    return {'output': 'screen', 'emulate_tty': bool(isatty), 'additional_env': env}
+
+
 def profile_environment(environ, profile):
     """Return {var: value} to set so Fast DDS uses ``profile``; empty if the user chose one."""
     if environ.get(PROFILE_VAR) or environ.get(LEGACY_PROFILE_VAR) or not profile:
@@ -83,16 +103,19 @@ def profile_environment(environ, profile):
 
 def _launch_setup(context):
     """Resolve the launch arguments and return the actions (runs at launch time)."""
+    def arg(name):
+        return context.launch_configurations.get(name, ARGUMENTS[name][0])
+
+    if arg('params_file'):
+        check_params_file(arg('params_file'))
     from ament_index_python.packages import get_package_share_directory
     from launch.actions import SetEnvironmentVariable
     from launch_ros.actions import Node
     from launch_ros.parameter_descriptions import ParameterValue
 
-    def arg(name):
-        return context.launch_configurations.get(name, ARGUMENTS[name][0])
-
     share = get_package_share_directory(PACKAGE)
-    params_file = arg('params_file') or os.path.join(share, 'config', 'depth_seg.yaml')
+    params_file = check_params_file(
+        arg('params_file') or os.path.join(share, 'config', 'depth_seg.yaml'))
     profile = os.path.join(share, 'config', 'fastdds_large_shm.xml')
     environ = dict(os.environ) | dict(getattr(context, 'environment', {}))
     actions = [SetEnvironmentVariable(k, v)
@@ -103,7 +126,7 @@ def _launch_setup(context):
     actions.append(Node(
         package=PACKAGE, executable=EXECUTABLE, name=EXECUTABLE,
         namespace=arg('namespace') or None, parameters=[params_file, overrides],
-        remappings=remappings(arg('image_topic')), output='screen', emulate_tty=True))
+        remappings=remappings(arg('image_topic')), **output_options(sys.stdout.isatty())))
     return actions
 
 

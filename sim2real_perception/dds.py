@@ -5,7 +5,9 @@ fit, so it falls back to fragmented UDP and best-effort frames are lost between 
 (about 0 of 200 arrived on the development machine). ``config/fastdds_large_shm.xml`` gives
 each participant a 32 MB segment. Fast DDS reads ``FASTDDS_DEFAULT_PROFILES_FILE`` when the
 first participant is created, so :func:`apply_default_profile` must run before
-``rclpy.init``; a profile the user set (or another RMW) always wins.
+``rclpy.init``; a profile already set in the environment (or another RMW) always wins.
+``launch/depth_seg.launch.py`` sets the variable to the shipped profile itself, so the log
+line says whether the profile in the variable is the shipped one, not who set it.
 """
 import os
 from pathlib import Path
@@ -31,6 +33,19 @@ def profile_path():
     return None
 
 
+def is_shipped_profile(path):
+    """Tell whether ``path`` is the shipped profile (the file itself, or a copy of it)."""
+    shipped = profile_path()
+    try:
+        if shipped is None:  # no ament index here: judge by the installed location
+            parts = Path(path).parts
+            return parts[-4:] == ('share', PACKAGE, 'config', PROFILE_FILE)
+        return (os.path.samefile(path, shipped)
+                or Path(path).read_bytes() == shipped.read_bytes())
+    except OSError:
+        return False
+
+
 def apply_default_profile(environ=None):
     """Point Fast DDS at the shipped profile unless the user chose one; return a log line.
 
@@ -39,8 +54,13 @@ def apply_default_profile(environ=None):
     """
     env = os.environ if environ is None else environ
     for var in (ENV_VAR, LEGACY_ENV_VAR):
-        if env.get(var):
-            return f'Fast DDS profile from {var}={env[var]} (user setting kept)'
+        value = env.get(var)
+        if value and is_shipped_profile(value):
+            return (f'Fast DDS profile {value} (the shipped large shared-memory profile, '
+                    f'from {var})')
+        if value:
+            return (f'Fast DDS profile from {var}={value} (set in the environment, kept; '
+                    f'not the shipped {PROFILE_FILE})')
     rmw = env.get('RMW_IMPLEMENTATION', '')
     if rmw and 'fastrtps' not in rmw and 'fastdds' not in rmw:
         return f'RMW_IMPLEMENTATION={rmw}: no Fast DDS profile applied'

@@ -23,7 +23,9 @@ line. Run it with
 ``depth_seg_node --ros-args --params-file config/depth_seg.yaml -p model_path:=DIR``.
 """
 import collections
+import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -34,9 +36,10 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 try:  # vision_msgs (apt ros-<distro>-vision-msgs) is optional: no PyPI wheel.
@@ -365,25 +368,86 @@ class DepthSegNode(Node):
         return super().destroy_node()
 
 
+class ShutdownSignals:
+    """SIGINT/SIGTERM handlers that only ask the spin loop to stop, however often they come.
+
+    Ctrl-C under ``ros2 launch`` reaches the node twice (terminal and launch), the second
+    time while it shuts down; a handler that raises KeyboardInterrupt there leaves a
+    traceback and exit code -2. These handlers never raise. Once the node is shut down,
+    :meth:`ignore` makes the signals ignored for the rest of the process: Python resets
+    handlers it set to the default action when it finalizes, and a late signal would then
+    kill the exiting process (exit code -2), but it leaves an ignored signal ignored.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.received.append(signum)
+
+    def ignore(self):
+        """Ignore SIGINT and SIGTERM from now on (the process is about to exit)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+
+    @property
+    def requested(self):
+        """Tell whether a shutdown signal arrived."""
+        return bool(self.received)
+
+
+def missing_params_files(argv):
+    """Return the ``--params-file`` paths in the ROS arguments of ``argv`` that are no file."""
+    missing, in_ros = [], False
+    for i, arg in enumerate(argv):
+        if arg == '--ros-args':
+            in_ros = True
+        elif arg == '--':
+            in_ros = False
+        elif in_ros and arg == '--params-file' and i + 1 < len(argv):
+            if not os.path.isfile(argv[i + 1]):
+                missing.append(argv[i + 1])
+    return missing
+
+
 def main(args=None):
     """Console script: apply the Fast DDS profile, start the node, spin until shut down."""
-    dds_note = dds.apply_default_profile()  # before rclpy.init creates the participant
-    rclpy.init(args=args)
+    signals = ShutdownSignals()  # first: a signal during start-up must not raise either
     logger = rclpy.logging.get_logger(NODE_NAME)
+    missing = missing_params_files(sys.argv if args is None else args)
+    if missing:  # rcl would fail with a parser traceback (launch_ros: only a warning)
+        logger.fatal(f'cannot start: params file not found: {", ".join(missing)}')
+        signals.ignore()
+        return 1
+    dds_note = dds.apply_default_profile()  # before rclpy.init creates the participant
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = DepthSegNode()
     except (node_params.ParameterError, ModelLoadError, ValueError) as exc:
         logger.fatal(f'cannot start: {exc}')
         rclpy.try_shutdown()
+        signals.ignore()
         return 1
     node.get_logger().info(dds_note)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        # Short waits: the Python-level signal handler runs between them.
+        while not signals.requested and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
         pass
     finally:
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
+        signals.ignore()
     return 0
 
 

@@ -8,6 +8,12 @@ from dataclasses import dataclass
 
 #: How the tanh depth output maps to metres (sim2real_perception.model.depth_coding).
 ENCODINGS = ('linear', 'inverse', 'log')
+#: Which encoder features the depth and segmentation decoders also receive (U-Net skips):
+#: none (the paper: the latent only), shared (outputs of the encoder layers the two domains
+#: share, so the same weights made them for real and sim) or all (every encoder layer).
+SKIPS = ('none', 'shared', 'all')
+#: Deployed network kinds: the twin-VAE's real encoder + heads, or the per-pixel prior floor.
+ARCHITECTURES = ('twin_vae', 'mean_prior')
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,8 @@ class ModelConfig:
     depth_encoding: str = 'linear'
     min_depth: float = 0.5
     max_depth: float = 80.0
+    skips: str = 'none'
+    architecture: str = 'twin_vae'
 
     @classmethod
     def from_dict(cls, data):
@@ -58,6 +66,31 @@ class ModelConfig:
     def downsampling(self):
         return 2 ** (len(self.pack_channels) + 1)
 
+    def encoder_outputs(self):
+        """(channels, downsampling factor) of each encoder layer's output, rows 1-10."""
+        p = len(self.pack_channels)
+        out = [(self.stem_channels, 1)]
+        out += [(ch, 2 ** (i + 1)) for i, ch in enumerate(self.pack_channels)]
+        out += [(self.pack_channels[-1], 2 ** p)] * self.res_blocks
+        out += [(self.bottleneck_channels, 2 ** (p + 1)), (self.latent_channels, 2 ** (p + 1))]
+        return out
+
+    def skip_sources(self):
+        """Map scale -> (encoder layer index, channels) of the skips the heads receive.
+
+        One source per scale finer than the latent: the last encoder layer at that scale,
+        kept only if ``skips`` allows it (``shared``: one of the last ``shared_layers``).
+        """
+        if self.skips == 'none':
+            return {}
+        outputs = self.encoder_outputs()
+        first_shared = len(outputs) - self.shared_layers
+        sources = {}
+        for index, (channels, scale) in enumerate(outputs):
+            if scale < self.downsampling and (self.skips == 'all' or index >= first_shared):
+                sources[scale] = (index, channels)
+        return sources
+
     def validate(self):
         for side, size in (('height', self.height), ('width', self.width)):
             if size <= 0 or size % 128:
@@ -73,6 +106,11 @@ class ModelConfig:
             raise ValueError('model: need 0 < min_depth < max_depth')
         if not 1 <= self.num_classes <= 255:
             raise ValueError('model.num_classes must be in 1..255 (mono8 labels, 255 = ignore)')
+        if self.skips not in SKIPS:
+            raise ValueError(f'model.skips={self.skips!r}: must be one of {SKIPS}')
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f'model.architecture={self.architecture!r}: must be one of '
+                             f'{ARCHITECTURES}')
         # The unpacking Conv2d emits 4*out/d channels.
         for ch in (self.stem_channels, *self.pack_channels):
             if (4 * ch) % self.packing_d:

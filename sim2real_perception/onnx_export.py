@@ -6,7 +6,9 @@ The graph takes uint8 NHWC RGB at the model size with a dynamic batch axis and r
 (depth metres float32 NxHxW, class ids uint8 NxHxW), exactly like DepthSegNet. Weights are
 stored inside the single file unless the model is over 2 GB (protobuf's limit). The parity
 check at the end runs both backends on the same images and prints the largest depth
-difference in metres and the share of identical labels.
+difference in metres and the share of identical labels. The graph's metadata names the
+SHA-256 of the weights it came from (``model_io.ONNX_WEIGHTS_KEY``), so a loader can tell a
+``model.onnx`` left over from an earlier export from the current one.
 """
 import argparse
 import logging
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model_io import load_depth_seg_net, ModelLoadError, ONNX_NAME
+from .model_io import load_depth_seg_net, ModelLoadError, ONNX_NAME, ONNX_WEIGHTS_KEY
 
 LOG = logging.getLogger(__name__)
 TWO_GB = 2 * 1024 ** 3
@@ -41,6 +43,8 @@ def export_onnx(model_dir, out_path=None, opset=18, max_batch=64):
         torch.onnx.export(net, (example,), tmp, input_names=[INPUT_NAME],
                           output_names=list(OUTPUT_NAMES), dynamic_shapes=({0: batch},),
                           opset_version=opset, dynamo=True, external_data=external)
+        if config.get('weights_sha256'):
+            _stamp_weights(tmp, config['weights_sha256'])
         os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
         if external:
@@ -49,6 +53,17 @@ def export_onnx(model_dir, out_path=None, opset=18, max_batch=64):
     finally:
         Path(tmp).unlink(missing_ok=True)
     return out_path
+
+
+def _stamp_weights(path, weights_sha256):
+    """Record in the graph's metadata which weights it was exported from."""
+    import onnx
+    model = onnx.load(path, load_external_data=False)
+    entries = [p for p in model.metadata_props if p.key != ONNX_WEIGHTS_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(entries)
+    model.metadata_props.add(key=ONNX_WEIGHTS_KEY, value=weights_sha256)
+    onnx.save(model, path)
 
 
 def parity_images(height, width, count=4, seed=0):
@@ -81,12 +96,13 @@ def parity_check(model_dir, onnx_path, count=4):
     return max_err, same
 
 
-def main(argv=None):
-    """Console entry: export, then print the parity check."""
+def build_parser():
+    """Return the command-line parser."""
     parser = argparse.ArgumentParser(
         description=' '.join(__doc__.splitlines()[:1] +
                              __doc__.split('\n\n', 2)[2].split()),
-        epilog='example: python -m sim2real_perception.onnx_export --model runs/cpu/export')
+        epilog='example: python -m sim2real_perception.onnx_export --model runs/cpu/export. '
+               'Docs: docs/node.md#onnx-export')
     parser.add_argument('--model', required=True,
                         help='exported model directory (config.json + model.safetensors)')
     parser.add_argument('--out', help=f'output file (default: MODEL/{ONNX_NAME}, which '
@@ -96,7 +112,12 @@ def main(argv=None):
                         help='largest batch the dynamic batch axis allows (default: 64)')
     parser.add_argument('--check-images', type=int, default=4,
                         help='images in the parity check (default: 4; 0 skips it)')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    """Console entry: export, then print the parity check."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     LOG.setLevel(logging.INFO)
     try:

@@ -10,6 +10,11 @@ bilinearly and labels by nearest neighbour, so labels are always real class ids.
 Depth is metric (the network decodes metres in its graph); pixels the network calls sky are
 ``+inf`` when ``sky_as_infinity`` (REP 117 "no return"), and NaN only ever means the model
 produced NaN (REP 117 "invalid"). No depth is ever clamped or set to 0.
+
+The ONNX Runtime path imports no torch (nor safetensors): a robot that runs
+``backend: onnxruntime`` needs only numpy, OpenCV, onnxruntime and the ROS packages.
+Model files are read through :func:`sim2real_perception.model_io.read_consistent`, so a
+directory rewritten during start-up gives one export's model or a clear error.
 """
 import logging
 import time
@@ -20,7 +25,8 @@ import cv2
 import numpy as np
 
 from . import labels as label_set
-from .model_io import CONFIG_NAME, ModelLoadError, ONNX_NAME, read_model_config, WEIGHTS_NAME
+from .model_io import (check_onnx_metadata, CONFIG_NAME, ModelLoadError, ONNX_NAME,
+                       read_consistent, read_model_config, WEIGHTS_NAME)
 
 LOG = logging.getLogger(__name__)
 
@@ -136,7 +142,7 @@ class _TorchRunner:
             raise ValueError(f'precision {precision!r} needs a CUDA device '
                              f'(got {self.device}); use fp32 on CPU')
         self.dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision)
-        self.net, _ = load_depth_seg_net(model_dir, self.device)
+        self.net, self.config = load_depth_seg_net(model_dir, self.device)
         self.description = f'torch {torch.__version__} on {self.device} ({precision})'
 
     def __call__(self, batch_u8):
@@ -156,7 +162,7 @@ class _OrtRunner:
 
     name = 'onnxruntime'
 
-    def __init__(self, onnx_path, device, precision, threads=None):
+    def __init__(self, model_dir, onnx_path, device, precision, threads=None):
         import onnxruntime as ort
         providers = _ort_providers(device)
         options = []
@@ -177,12 +183,28 @@ class _OrtRunner:
         # frame's resize needed (preprocess 9-10 -> 2.1 ms, inference 73-85 -> 45 ms for
         # the cpu preset at 1242x375 on the shared 2-core machine; bench/bench_node.py).
         so.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), sess_options=so,
-                                                providers=providers, provider_options=options)
-        except Exception as exc:  # noqa: BLE001 - ORT raises several private exception types
-            raise ModelLoadError(f'cannot load ONNX model {onnx_path}: '
-                                 f'{str(exc).splitlines()[0] if str(exc) else exc}') from exc
+
+        def load(config):
+            # From the bytes read here, so the graph checked is the graph that runs
+            # (a path only for a graph with external weight files next to it).
+            data = Path(onnx_path).read_bytes() if onnx_path.is_file() else None
+            try:
+                try:
+                    session = ort.InferenceSession(data, sess_options=so, providers=providers,
+                                                   provider_options=options)
+                except Exception:  # noqa: BLE001 - retried from the path below
+                    session = ort.InferenceSession(str(onnx_path), sess_options=so,
+                                                   providers=providers,
+                                                   provider_options=options)
+            except Exception as exc:  # noqa: BLE001 - ORT raises private exception types
+                raise ModelLoadError(f'cannot load ONNX model {onnx_path}: '
+                                     f'{str(exc).splitlines()[0] if str(exc) else exc}') \
+                    from exc
+            check_onnx_metadata(config, session.get_modelmeta().custom_metadata_map,
+                                onnx_path)
+            return session
+
+        self.config, self.session = read_consistent(model_dir, load)
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = self.session.get_inputs()[0].shape
         used = self.session.get_providers()
@@ -191,14 +213,6 @@ class _OrtRunner:
     def __call__(self, batch_u8):
         depth, labels = self.session.run(None, {self.input_name: batch_u8})
         return depth.astype(np.float32, copy=False), labels.astype(np.uint8, copy=False)
-
-
-def _cuda_available():
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def _ort_importable():
@@ -213,7 +227,9 @@ def choose_backend(backend, device, onnx_path):
     """Resolve 'auto' to a backend; return ``(backend, why)``.
 
     ONNX Runtime when a model.onnx exists (fastest on CPU, and uses TensorRT/CUDA providers
-    with onnxruntime-gpu), else PyTorch.
+    with onnxruntime-gpu), else PyTorch. Deciding never imports torch: with ``device``
+    auto, ONNX Runtime runs on a GPU provider where it has one and on the CPU otherwise
+    (``backend: torch`` for PyTorch's CUDA with a CPU-only onnxruntime).
     """
     if backend != 'auto':
         return backend, 'requested'
@@ -221,7 +237,7 @@ def choose_backend(backend, device, onnx_path):
         return 'torch', f'no {ONNX_NAME} in the model directory'
     if not _ort_importable():
         return 'torch', 'onnxruntime is not installed'
-    if device.startswith('cuda') or (device == 'auto' and _cuda_available()):
+    if device.startswith('cuda'):
         import onnxruntime as ort
         if not {'TensorrtExecutionProvider', 'CUDAExecutionProvider'} & \
                 set(ort.get_available_providers()):
@@ -258,14 +274,15 @@ class Predictor:
         if not (device in DEVICES or str(device).startswith('cuda:')):
             raise ValueError(f"device must be one of {DEVICES} or 'cuda:N', got {device!r}")
         model_dir, onnx_path = resolve_model_path(model_path)
-        config = read_model_config(model_dir)
+        read_model_config(model_dir)  # a missing or broken config is named before anything
         chosen, why = choose_backend(backend, device, onnx_path)
         if chosen == 'onnxruntime':
             if onnx_path is None:
                 raise ModelLoadError(
                     f'backend onnxruntime needs {model_dir / ONNX_NAME}; create it with '
                     f'python -m sim2real_perception.onnx_export --model {model_dir}')
-            runner = _OrtRunner(onnx_path, device, precision, threads)
+            runner = _OrtRunner(model_dir, onnx_path, device, precision, threads)
+            config = runner.config
             shape = runner.input_shape
             want = [config['model_config'].height, config['model_config'].width, 3]
             if len(shape) != 4 or list(shape[1:]) != want:
@@ -276,6 +293,7 @@ class Predictor:
                 import torch
                 torch.set_num_threads(int(threads))
             runner = _TorchRunner(model_dir, device, precision)
+            config = runner.config
         LOG.info('model %s: %s (backend %s: %s)', model_path, runner.description, chosen, why)
         return cls(runner, config, sky_as_infinity)
 

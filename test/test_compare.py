@@ -41,7 +41,8 @@ def test_aggregates_seeds_and_reuses_finished_runs(tmp_path, data_root, capsys):
         for seed in (0, 1):
             finished_run(out, row, seed, data_root)
     args = ['--config', 'test', '--seeds', '0', '1', '--out', str(out), '--quiet',
-            '--data-root', str(data_root), '--max-frames', '1', '--backend', 'torch',
+            '--methods', *ROWS, '--data-root', str(data_root), '--max-frames', '1',
+            '--backend', 'torch',
             '--set', 'eval.max_depth=50']  # scoring-only settings do not block reuse
     assert main(args) == 0
     printed = capsys.readouterr().out

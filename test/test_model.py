@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from margins import assert_labels_agree, Reference
 from sim2real_perception.config import load_config
 from sim2real_perception.model import DepthSegNet, ModelConfig, TwinVAE, build_model, list_models
 
@@ -123,7 +124,9 @@ def test_depth_seg_net_matches_the_twin_inference_path(tiny_cfg):
         depth, labels = net(image)
         t_depth, t_seg = twin(image.permute(0, 3, 1, 2).float() / 127.5 - 1)
     assert depth.shape == (2, 128, 128) and labels.dtype == torch.uint8
-    assert torch.equal(labels, t_seg.argmax(1).to(torch.uint8))
+    # x * (2/255) - 1 vs x / 127.5 - 1 round differently: compare clear-margin pixels only.
+    _, ambiguous, _ = Reference(twin)(image.numpy())
+    assert_labels_agree(labels.numpy(), t_seg.argmax(1).to(torch.uint8).numpy(), ambiguous)
     assert float(depth.min()) >= tiny_cfg.min_depth and float(depth.max()) <= tiny_cfg.max_depth
 
 

@@ -9,24 +9,80 @@ A checkpoint ``<tag>`` is three files in ``RUN/checkpoints/``:
 * ``<tag>.json``: config, method, stage, epoch, step, metrics, RNG states (as lists) and the
   names of the two files above.
 
-Every file is written to a temporary name and renamed; the JSON goes last and is the commit
-point, so a run killed at any moment leaves either the old or the new checkpoint, never a
-mix. Files a JSON no longer references are deleted after it is replaced.
+Every file is written to a temporary name, flushed to disk (fsync) and renamed; the JSON
+goes last and is the commit point, so a run killed at any moment (SIGKILL, disk full,
+power loss) leaves either the old or the new checkpoint, never a mix. A new checkpoint
+never reuses a file name the current JSON references (a second save at the same step gets
+``<tag>.<step>.r1.*``), so a failed save cannot touch the checkpoint it replaces. A write
+that fails (``OSError``, e.g. ENOSPC) removes its own partial files and raises
+:class:`CheckpointWriteError` naming the file and the previous checkpoint, which stays
+loadable. Files a JSON no longer references are deleted after it is replaced, and
+temporary files a killed run left behind at the next save.
 """
 import io
 import json
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-
-from sim2real_perception.model_io import atomic_write_bytes
+from safetensors.torch import load_file, save
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not match the network."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (disk full, I/O error); the previous one is intact."""
+
+
+def _put(fh, data):
+    """Write all of ``data`` to an open file and flush it to disk."""
+    fh.write(data)
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _write_file(path, data):
+    """Write ``data`` to ``path`` via a temporary file + fsync + rename (all or nothing)."""
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'wb') as fh:
+            _put(fh, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _referenced(ckpt_dir, tag):
+    """Return the current record of ``tag`` (None if none or unreadable) and its file names."""
+    try:
+        record = read_record(ckpt_dir, tag)
+    except CheckpointError:
+        return None, set()
+    if record is None:
+        return None, set()
+    return record, {record.get('weights'), record.get('optimizer')}
+
+
+def _fresh_names(tag, step, taken):
+    for k in range(1000):
+        base = f'{tag}.{step:09d}' + (f'.r{k}' if k else '')
+        names = (f'{base}.safetensors', f'{base}.optim.pt')
+        if not taken & set(names):
+            return names
+    raise CheckpointError(f'{tag}: no free checkpoint file name at step {step}')
 
 
 def rng_state():
@@ -62,19 +118,35 @@ def _state_tensors(net):
 def save_checkpoint(ckpt_dir, tag, net, optimizer, record):
     """Write checkpoint ``tag`` (weights, optimizer, JSON ``record``); return the JSON path."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f'{tag}.json'
     step = int(record.get('step', 0))
-    weights = f'{tag}.{step:09d}.safetensors'
-    optim = f'{tag}.{step:09d}.optim.pt'
-    tmp = ckpt_dir / f'.{weights}.tmp'
-    save_file(_state_tensors(net), str(tmp), metadata={'tag': tag, 'step': str(step)})
-    tmp.replace(ckpt_dir / weights)
+    previous, taken = _referenced(ckpt_dir, tag)
+    weights, optim = _fresh_names(tag, step, taken)
     buf = io.BytesIO()
     torch.save(optimizer.state_dict() if optimizer is not None else {}, buf)
-    atomic_write_bytes(ckpt_dir / optim, buf.getvalue())
     record = {**record, 'tag': tag, 'weights': weights, 'optimizer': optim}
-    path = ckpt_dir / f'{tag}.json'
-    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+    files = ((ckpt_dir / weights, save(_state_tensors(net), {'tag': tag, 'step': str(step)})),
+             (ckpt_dir / optim, buf.getvalue()),
+             (path, json.dumps(record, indent=1).encode()))
+    committed, target = False, ckpt_dir
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ckpt_dir.glob(f'.{tag}.*.tmp'):  # left by a killed run
+            stale.unlink(missing_ok=True)
+        for target, data in files:
+            _write_file(target, data)
+        committed = True
+        _fsync_dir(ckpt_dir)
+    except OSError as exc:
+        if not committed:
+            for new_file in (weights, optim):
+                (ckpt_dir / new_file).unlink(missing_ok=True)
+        kept = (f'the previous checkpoint {path} (step {previous.get("step")}) is intact'
+                if previous else f'there is no previous {tag} checkpoint')
+        raise CheckpointWriteError(
+            f'cannot write checkpoint {target}: {exc}; '
+            + (f'{path} was written but may not be on disk yet' if committed else kept)
+            + '; free the space and rerun with --resume') from exc
     for old in ckpt_dir.glob(f'{tag}.*'):
         if old.name not in (weights, optim, path.name) and not old.name.startswith('.'):
             old.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from sim2real_perception.model_io import CONFIG_NAME, ModelLoadError
 from sim2real_perception.predictor import BACKENDS, Predictor
 
 from .data import DataError, open_source, resolve, select_indices
-from .metrics import DepthMetrics, SegMetrics
+from .metrics import DepthMetrics, LabelVariation, SegMetrics
 from .results_table import render, rows_from_results
 
 SPLITS = ('val', 'train', 'all')
@@ -97,6 +97,9 @@ class _ModelScore:
         self.depth = DepthMetrics(**{k: eval_cfg[k] for k in METRIC_KEYS})
         self.seg = SegMetrics(num_classes=len(self.predictor.class_names),
                               class_names=self.predictor.class_names)
+        n_classes = len(self.predictor.class_names)
+        self.variation = LabelVariation(n_classes)      # of the predicted labels
+        self.gt_variation = LabelVariation(n_classes)   # of the ground truth, same frames
         self.crop = eval_cfg['crop']
         self.frames = self.depth_frames = self.seg_frames = 0
         self.seconds = 0.0
@@ -119,7 +122,9 @@ class _ModelScore:
                 self.depth_frames += 1
             if frame.get('labels') is not None:
                 self.seg.update(pred.labels, frame['labels'])
+                self.gt_variation.update(frame['labels'])
                 self.seg_frames += 1
+            self.variation.update(pred.labels)
             if kept:
                 self.kept.append((frame, pred.depth, pred.labels))
 
@@ -136,7 +141,9 @@ class _ModelScore:
             'depth_frames': self.depth_frames,
             'segmentation_frames': self.seg_frames,
             'depth': self.depth.compute(),
-            'segmentation': self.seg.compute(),
+            'segmentation': {**self.seg.compute(),
+                             'label_change_share': self.variation.compute(),
+                             'gt_label_change_share': self.gt_variation.compute()},
             'predict_seconds': self.seconds,
             'frames_per_second': self.frames / self.seconds if self.seconds else math.nan,
         }
@@ -274,7 +281,7 @@ def build_parser():
                     'table and writes OUT/eval.json, OUT/eval.md and OUT/eval.png.',
         epilog='Example: python -m training.evaluate --model twin_vae=runs/twin/export '
                '--model sim_only=runs/sim --config cpu --out outputs/eval. Exit status 2 '
-               'on a bad model, dataset or option.')
+               'on a bad model, dataset or option. Docs: docs/evaluation.md')
     p.add_argument('--model', action='append', required=True, metavar='NAME=DIR',
                    help='a model to score, repeatable: NAME=DIR where DIR is an exported '
                         'model dir (config.json + model.safetensors [+ model.onnx]) or a '

@@ -113,3 +113,55 @@ def _depth_tile(depth, height, width, max_depth):
             d = np.where(inv > 0, 1.0 / inv, np.where(np.isposinf(d), np.inf, 0))
     rgb = colorize_depth(d, max_depth)
     return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+PLOT_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                (140, 86, 75))
+
+
+def _panel(series, title, xlabel, size=(360, 520)):
+    """Draw one line chart (``{name: (xs, ys)}``) with axes, ticks and a legend."""
+    h, w = size
+    img = np.full((h, w, 3), 255, np.uint8)
+    left, right, top, bottom = 56, 12, 28, 40
+    xs = [x for xv, _ in series.values() for x in xv]
+    ys = [y for _, yv in series.values() for y in yv]
+    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
+    y0, y1 = min(ys), max(ys)
+    pad = max((y1 - y0) * 0.08, 1e-3)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def px(x, y):
+        return (int(left + (x - x0) / (x1 - x0) * (w - left - right)),
+                int(h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
+    for k in range(5):
+        yv = y0 + (y1 - y0) * k / 4
+        _, yp = px(x0, yv)
+        cv2.line(img, (left - 4, yp), (left, yp), (0, 0, 0), 1)
+        cv2.putText(img, f'{yv:.2f}', (4, yp + 4), font, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+        xv = x0 + (x1 - x0) * k / 4
+        xp, _ = px(xv, y0)
+        cv2.line(img, (xp, h - bottom), (xp, h - bottom + 4), (0, 0, 0), 1)
+        cv2.putText(img, f'{xv:.0f}', (xp - 10, h - bottom + 16), font, 0.38, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    cv2.putText(img, title, (left, 18), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, xlabel, (left, h - 8), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, (name, (xv, yv)) in enumerate(series.items()):
+        colour = PLOT_COLOURS[i % len(PLOT_COLOURS)]
+        pts = np.array([px(x, y) for x, y in zip(xv, yv)], np.int32)
+        cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
+        cv2.putText(img, name, (w - right - 150, top + 18 + 16 * i), font, 0.42, colour, 1,
+                    cv2.LINE_AA)
+    return img
+
+
+def line_plot(path, left, right, titles, xlabel):
+    """Write two line charts side by side (e.g. AbsRel and mIoU against the step) as PNG."""
+    img = np.concatenate([_panel(left, titles[0], xlabel), _panel(right, titles[1], xlabel)],
+                         axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img[..., ::-1])
+    return path

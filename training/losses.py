@@ -215,15 +215,15 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     x_sim = sim_batch['image']
     depth, labels = sim_batch['depth'], sim_batch['labels']
     has_d, has_l = sim_batch.get('has_depth'), sim_batch.get('has_labels')
-    mu_s, z_s = net.encode(x_sim, 'sim')
+    mu_s, z_s, f_s = net.encode_skips(x_sim, 'sim')
     x_r_fake = net.decode(z_s, 'real')
-    mu_r_fake, z_r_fake = net.encode(x_r_fake, 'real')
+    mu_r_fake, z_r_fake, f_r_fake = net.encode_skips(x_r_fake, 'real')
     mu_r, z_r = net.encode(x_real, 'real')
     x_s_fake = net.decode(z_r, 'sim')
     mu_s_fake, z_s_fake = net.encode(x_s_fake, 'sim')
     pick = (lambda mu, z: mu) if mmd_on == 'mu' else (lambda mu, z: z)
-    d_sim, d_real = net.decode(z_s, 'depth'), net.decode(z_r_fake, 'depth')
-    s_sim, s_real = net.decode(z_s, 'seg'), net.decode(z_r_fake, 'seg')
+    d_sim, d_real = net.decode(z_s, 'depth', f_s), net.decode(z_r_fake, 'depth', f_r_fake)
+    s_sim, s_real = net.decode(z_s, 'seg', f_s), net.decode(z_r_fake, 'seg', f_r_fake)
     terms = {
         's2_kl_real': kl_unit(mu_r_fake),
         's2_kl_sim': kl_unit(mu_s),
@@ -242,8 +242,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
 def supervised_terms(net, batch, model_cfg, sky_as_far=True):
     """Baseline terms: real encoder + heads supervised directly on one labelled domain."""
     x = batch['image']
-    _, z = net.encode(x, 'real')
-    d, s = net.decode(z, 'depth'), net.decode(z, 'seg')
+    _, z, feats = net.encode_skips(x, 'real')
+    d, s = net.decode(z, 'depth', feats), net.decode(z, 'seg', feats)
     terms = {
         'depth': depth_loss(d, batch['depth'], model_cfg, batch['labels'],
                             batch.get('has_depth'), sky_as_far),

@@ -40,6 +40,12 @@ CAMERA_INFO_TOPIC = '/camera/camera_info'
 AGREE_RTOL = 1e-5
 DEPTH_KEYS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3', 'n_pixels')
 SEG_KEYS = ('miou', 'pixel_acc', 'n_pixels')
+#: The sim camera clones the real-style one (Virtual KITTI 2 clones KITTI's camera), so the
+#: domain gap is appearance only; bench/bench_transfer.py uses the same data settings.
+SIM_CAMERA = ('cam_height_m=1.65', 'pitch_deg=1.0')
+#: Extra overrides per method: sim_only is the no-adaptation baseline, so its sim frames
+#: keep their clean look (the preset randomises them for the twin-VAE).
+METHOD_SETS = {'sim_only': ('data.sim.appearance_aug=0.0',)}
 
 #: Data sizes and the training preset per mode (all overridable on the command line).
 PROFILES = {
@@ -68,7 +74,8 @@ class Job:
         self.data = self.work / 'data'
         self.runs = self.work / 'runs'
         self.bag = self.work / 'eval_bag'
-        self.methods = ['twin_vae', 'sim_only'] + (['oracle'] if args.with_oracle else [])
+        self.methods = ['twin_vae', 'sim_only', 'mean_prior'] + \
+            (['oracle'] if args.with_oracle else [])
         self.sets = [f'data.{s}.root={self.data}' for s in ('sim', 'real', 'eval')]
         self.sets += [f'data.{s}.val_fraction={args.val_fraction}' for s in ('real', 'eval')]
         self.sets += list(args.set)
@@ -94,7 +101,7 @@ def build_parser():
         prog='python -m training.main_job', description=__doc__.split('\n\n')[0],
         epilog=__doc__.split('\n\n', 2)[2] + '\n\nExit status: 0 done and offline/replay '
         'metrics agree, 1 a step failed (its log is named), 3 the metrics disagree, '
-        '130 interrupted.',
+        '130 interrupted. Docs: docs/evaluation.md#the-main-job',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--workdir', default='outputs/main_job',
                    help='where everything goes (default: outputs/main_job)')
@@ -311,6 +318,26 @@ def _f(value, digits=4):
     return '-' if value is None or not math.isfinite(value) else f'{value:.{digits}f}'
 
 
+def verdict_lines(offline):
+    """Say whether the twin-VAE beats the floor and sim_only, and how it follows the image."""
+    if 'twin_vae' not in offline:
+        return []
+    tv = offline['twin_vae']
+    gt = tv['segmentation'].get('gt_label_change_share')
+    lines = [f'  ground truth    {"":>48}{_f(gt, 3):>8}',
+             '  LblChg: share of pixels whose label differs from that pixel\'s most frequent '
+             'label over the frames']
+    for other in ('mean_prior', 'sim_only'):
+        if other not in offline:
+            continue
+        o = offline[other]
+        depth_ok = _num(tv['depth']['abs_rel']) < _num(o['depth']['abs_rel'])
+        seg_ok = _num(tv['segmentation']['miou']) > _num(o['segmentation']['miou'])
+        lines.append(f'  twin_vae vs {other}: AbsRel {"better" if depth_ok else "NOT better"}'
+                     f', mIoU {"better" if seg_ok else "NOT better"}')
+    return lines
+
+
 def format_report(r):
     """Return the final report as text."""
     cmp_ = r['offline_vs_replay']
@@ -321,13 +348,15 @@ def format_report(r):
              f'eval = {r["data"]["eval_frames"]} held-out real-style frames; preset '
              f'{r["config"]}', '',
              'Offline evaluation (training.evaluate, ONNX Runtime), real-style eval split:',
-             f'  {"method":<10}{"AbsRel":>8}{"SqRel":>8}{"RMSE":>8}{"RMSElog":>9}'
-             f'{"d<1.25":>8}{"mIoU":>8}{"PixAcc":>8}']
+             f'  {"method":<11}{"AbsRel":>8}{"SqRel":>8}{"RMSE":>8}{"RMSElog":>9}'
+             f'{"d<1.25":>8}{"mIoU":>8}{"PixAcc":>8}{"LblChg":>8}']
     for name, m in r['offline'].items():
         d, s = m['depth'], m['segmentation']
-        lines.append(f'  {name:<10}{_f(d["abs_rel"], 3):>8}{_f(d["sq_rel"], 3):>8}'
+        lines.append(f'  {name:<11}{_f(d["abs_rel"], 3):>8}{_f(d["sq_rel"], 3):>8}'
                      f'{_f(d["rmse"], 3):>8}{_f(d["rmse_log"], 3):>9}{_f(d["a1"], 3):>8}'
-                     f'{_f(s["miou"], 3):>8}{_f(s["pixel_acc"], 3):>8}')
+                     f'{_f(s["miou"], 3):>8}{_f(s["pixel_acc"], 3):>8}'
+                     f'{_f(s.get("label_change_share"), 3):>8}')
+    lines += verdict_lines(r['offline'])
     lines.append(f'  PyTorch backend vs ONNX Runtime: max |difference| over all metrics '
                  f'{r["torch_vs_onnxruntime_max_abs_diff"]:.2e}')
     lines += ['', f'Offline vs replay through depth_seg_node ({cmp_["model"]}, '
@@ -375,16 +404,19 @@ def run(args):
         'training.data.make_procedural', '--out', job.data, '--sim-frames', args.sim_frames,
         '--real-frames', args.real_frames, '--height', args.height, '--width', args.width,
         '--frames-per-sequence', args.frames_per_sequence, '--seed', args.seed,
+        *[a for item in SIM_CAMERA for a in ('--sim-style', item)],
         '--preview', job.data / 'preview.png', '--quiet'),
         f'generate {args.sim_frames} sim + {args.real_frames} real-style frames '
         f'({args.width}x{args.height})', outputs=[job.data])
     what = {'twin_vae': 'train the twin-VAE, stage 1 + stage 2',
             'sim_only': 'train the sim-only baseline (no adaptation)',
+            'mean_prior': 'fit the mean_prior floor (per-pixel sim statistics)',
             'oracle': 'train the oracle baseline (real labels)'}
     for method in job.methods:
         pipe.run(f'train_{method}', job.with_sets(job.py(
             'training.train', '--config', args.config, '--method', method, '--stage', 'all',
-            '--seed', args.seed, '--run-dir', job.runs / method, '--no-progress')),
+            '--seed', args.seed, '--run-dir', job.runs / method, '--no-progress',
+            *[a for item in METHOD_SETS.get(method, ()) for a in ('--set', item)])),
             what[method], outputs=[job.runs / method], resume_args=['--resume'],
             hint=lambda m=method: train_hint(job.runs / m))
     for method in job.methods:

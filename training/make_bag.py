@@ -131,7 +131,7 @@ def build_parser():
                '--data/--section/--split/--max-frames/--set, so offline and replay metrics '
                'compare frame for frame. Example: python -m training.make_bag --data cpu '
                '--split val --max-frames 50 --out outputs/eval.bag. Exit status 2 on a bad '
-               'dataset or option.',
+               'dataset or option. Docs: docs/evaluation.md#write-a-bag',
         formatter_class=DefaultsHelpFormatter)
     parser.add_argument('--data', default='cpu',
                         help='training preset (cpu, paper, test) or YAML config whose data.* '

@@ -29,6 +29,7 @@ With no valid pixel at all, every scalar metric is NaN (never a crash, never a f
 """
 import math
 
+import cv2
 import numpy as np
 
 from sim2real_perception.labels import CLASS_NAMES, IGNORE_INDEX
@@ -216,3 +217,43 @@ class SegMetrics:
             'n_images': self.n_images,
             'n_invalid_pred': int(conf[:, k].sum()),
         }
+
+
+class LabelVariation:
+    """How much a label sequence follows the image: the label-change share.
+
+    Per pixel, the most frequent label over all frames; the share is the fraction of
+    (frame, pixel) pairs whose label differs from it. A model that predicts the same map for
+    every frame scores 0; on the built-in real-style eval frames the ground truth scores
+    about 0.3. Frames of another size are resized (nearest) to the first frame's size;
+    pixels labelled ``ignore_index`` are not counted.
+    """
+
+    def __init__(self, num_classes=12, ignore_index=IGNORE_INDEX):
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.votes = None
+
+    def update(self, ids):
+        """Add one label image (HxW, class ids)."""
+        ids = to_numpy(ids)
+        if self.votes is None:
+            self.votes = np.zeros((self.num_classes + 1, *ids.shape), np.int32)
+        if ids.shape != self.votes.shape[1:]:
+            h, w = self.votes.shape[1:]
+            ids = cv2.resize(ids.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        ids = ids.astype(np.int64)
+        keep = ids != self.ignore_index
+        ids = np.where((ids < 0) | (ids >= self.num_classes), self.num_classes, ids)
+        flat = np.flatnonzero(keep.ravel())
+        # Each pixel occurs once per frame, so the (class, pixel) pairs are unique.
+        self.votes.reshape(self.num_classes + 1, -1)[ids.ravel()[flat], flat] += 1
+
+    def compute(self):
+        """Return the label-change share (NaN before any labelled pixel)."""
+        if self.votes is None:
+            return math.nan
+        total = int(self.votes.sum())
+        if total == 0:
+            return math.nan
+        return float(1.0 - self.votes.max(0).sum() / total)

@@ -11,6 +11,9 @@ topics with ``training.metrics``, the code ``training.evaluate`` uses.
 
 On a real ROS 2 machine use ``--mode listen`` and play the bag yourself (see README,
 "Replay evaluation"). Ctrl-C stops early and still writes the partial report (exit 130).
+``--record OUT`` also writes an mcap rosbag2 of the frames sent and every answer received
+(``training.bag_recorder``: image, camera_info, depth, segmentation, segmentation_color,
+depth/camera_info) for Foxglove, RViz or ``ros2 bag play``.
 """
 import argparse
 import json
@@ -27,6 +30,7 @@ from rosbags.rosbag2 import Reader
 from sim2real_perception.labels import IGNORE_INDEX, NUM_CLASSES
 
 from . import bag_format as bf
+from .bag_check import BagError, check_bag
 from .cli_format import DefaultsHelpFormatter
 from .data.ros_images import decode, ImageDecodeError, raw_array
 
@@ -65,6 +69,7 @@ class ReplayOptions:
     garg_crop: bool = False
     median_scaling: bool = False
     out: str = ''
+    record: str = ''
     progress: bool = True
 
     def input_topic(self):
@@ -97,6 +102,12 @@ class RecordedBag:
         if not self.path.exists():
             raise ReplayError(f'bag not found: {self.path}')
         self.ts = bf.typestore()
+        try:  # a bag cut short is read up to its last complete message (training.bag_check)
+            self.check = check_bag(self.path)
+        except BagError as exc:
+            raise ReplayError(str(exc)) from None
+        if self.check.cut_short:
+            print(f'[replay] warning: {self.check.summary()}', file=sys.stderr, flush=True)
         self.reader = self._open()
         conns = self.reader.connections
         self.topics = {}
@@ -123,7 +134,7 @@ class RecordedBag:
 
     def _open(self):
         try:
-            reader = Reader(self.path)
+            reader = Reader(self.check.read_path)
             reader.open()
         except Exception as exc:  # noqa: BLE001 - rosbags raises several types
             raise ReplayError(f'cannot open bag {self.path}: {exc}') from exc
@@ -229,6 +240,15 @@ class Collector:
                               reliability=ReliabilityPolicy.RELIABLE)
         self.topics = {'depth': opts.depth_topic, 'labels': opts.labels_topic}
         self.pub = self.info_pub = None
+        self.recorder = None
+        if opts.record:
+            from rclpy.serialization import serialize_message
+            from .bag_recorder import output_topics, OutputRecorder
+            self._serialize = serialize_message
+            extra = output_topics(opts.depth_topic, opts.labels_topic)
+            self.recorder = OutputRecorder(opts.record, {
+                'image': opts.input_topic(), 'camera_info': opts.info_topic(),
+                'depth': opts.depth_topic, 'segmentation': opts.labels_topic, **extra})
         if opts.mode == 'listen':
             self.node.create_subscription(Image, opts.input_topic(), self._on_input,
                                           qos_profile_sensor_data)
@@ -240,6 +260,13 @@ class Collector:
         self.subs = [self.node.create_subscription(Image, topic, self._on_answer(key),
                                                    answer_qos)
                      for key, topic in self.topics.items()]
+        self.record_subs = []
+        if self.recorder is not None:  # the other outputs, recorded as they arrive (CDR)
+            for role, msgtype in (('segmentation_color', Image),
+                                  ('depth_camera_info', CameraInfo)):
+                self.record_subs.append(self.node.create_subscription(
+                    msgtype, self.recorder.topics[role],
+                    lambda raw, r=role: self.recorder.write(r, raw), answer_qos, raw=True))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.running = True
@@ -251,6 +278,8 @@ class Collector:
             self.executor.spin_once(timeout_sec=0.05)
 
     def _on_input(self, msg):
+        if self.recorder is not None:
+            self.recorder.write('image', self._serialize(msg))
         with self.changed:
             self.sent.setdefault(stamp_ns(msg.header), time.monotonic())
             self.last_event = time.monotonic()
@@ -260,6 +289,9 @@ class Collector:
         def callback(msg):
             now = time.monotonic()
             stamp = stamp_ns(msg.header)
+            if self.recorder is not None:
+                self.recorder.write('depth' if key == 'depth' else 'segmentation',
+                                    self._serialize(msg))
             with self.changed:
                 entry = self.answers.setdefault(stamp, {})
                 entry.setdefault(key, (now, msg))
@@ -285,7 +317,7 @@ class Collector:
     def wait_for_answers(self, remaining, timeout):
         """Block until a publisher on every answer topic is matched, then let it settle."""
         deadline = time.monotonic() + remaining
-        for sub in self.subs:
+        for sub in self.subs + self.record_subs:
             while sub.get_publisher_count() == 0:
                 if time.monotonic() > deadline:
                     raise ReplayError(f'no publisher on {sub.topic_name} after {timeout:g} s '
@@ -297,10 +329,14 @@ class Collector:
         """Publish recorded bytes; images are timed from here."""
         if kind == 'camera_info':
             self.info_pub.publish(raw)
+            if self.recorder is not None:
+                self.recorder.write('camera_info', raw)
             return
         with self.lock:
             self.sent[stamp] = time.monotonic()
         self.pub.publish(raw)
+        if self.recorder is not None:
+            self.recorder.write('image', raw)
 
     def complete(self, stamp):
         """Tell whether both answers for ``stamp`` arrived (call with the lock held)."""
@@ -324,6 +360,8 @@ class Collector:
         self.executor.shutdown()
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
+        if self.recorder is not None:
+            self.recorded = self.recorder.close()
 
 
 class Scorer:
@@ -542,13 +580,16 @@ def run_replay(opts, on_ready=None):
         'answer_topics': [opts.depth_topic, opts.labels_topic],
         'ground_truth_topics': {r: t for r, t in bag.gt_topics.items() if bag.gt[r]},
         'interrupted': interrupted, 'error': error,
-        'frames_in_bag': len(order), 'frames_sent': n_sent, 'frames_answered': n,
+        'frames_in_bag': len(order), 'bag_check': bag.check.as_dict(),
+        'frames_sent': n_sent, 'frames_answered': n,
         'frames_dropped': max(n_sent - n, 0),
         'latency_ms': _percentiles(scorer.latencies),
         'achieved_rate_hz': (n - 1) / span if n > 1 and span > 0 else 0.0,
         'wall_s': wall,
         'options': asdict(opts),
     }
+    if col.recorder is not None:
+        report['recording'] = {'bag': opts.record, 'messages': col.recorded}
     report.update(scorer.metrics())
     if opts.out:
         write_outputs(report, bag, scorer, Path(opts.out))
@@ -599,7 +640,9 @@ def format_report(report):
         + (f', rate x{report["rate_factor"]:g}' if report['mode'] == 'timed' else '') + ')'
         + (' - INTERRUPTED, partial report' if report['interrupted'] else ''),
         f'  frames      {report["frames_in_bag"]} in bag, {report["frames_sent"]} sent, '
-        f'{report["frames_answered"]} answered, {report["frames_dropped"]} dropped',
+        f'{report["frames_answered"]} answered, {report["frames_dropped"]} dropped'
+        + (f' (bag cut short: {report["bag_check"]["messages_lost"]} messages lost)'
+           if report.get('bag_check', {}).get('cut_short') else ''),
         '  latency ms  ' + (f'p50 {lat["p50"]:.1f}  p90 {lat["p90"]:.1f}  p99 {lat["p99"]:.1f}'
                             if lat['p50'] is not None else 'n/a'),
         f'  rate        {report["achieved_rate_hz"]:.2f} Hz answered '
@@ -621,6 +664,10 @@ def format_report(report):
     for key in ('json', 'figure'):
         if report.get(key):
             lines.append(f'  {key:<11} {report[key]}')
+    if report.get('recording'):
+        rec = report['recording']
+        lines.append(f'  recording   {rec["bag"]} (mcap: ' + ', '.join(
+            f'{topic} {n}' for topic, n in rec['messages'].items()) + ')')
     return '\n'.join(lines)
 
 
@@ -632,7 +679,7 @@ def build_parser():
         description=__doc__.split('\n\n')[0].replace('``', ''),
         epilog='Exit status: 0 done, 2 error (message on stderr), 130 interrupted (partial '
                'report written). Set ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST to keep DDS on '
-               'this machine.',
+               'this machine. Docs: docs/evaluation.md#replay-evaluation',
         formatter_class=DefaultsHelpFormatter)
     p.add_argument('--bag', required=True, help='rosbag2 directory (mcap or sqlite3)')
     p.add_argument('--mode', default=d.mode, choices=MODES,
@@ -673,6 +720,10 @@ def build_parser():
     p.add_argument('--median-scaling', action='store_true',
                    help='depth metrics: scale each prediction by median(gt)/median(pred)')
     p.add_argument('--out', default='', help='directory for replay.json and replay.png')
+    p.add_argument('--record', default='', metavar='OUT',
+                   help='also write an mcap rosbag2 here of the frames sent and the answers '
+                        '(image, camera_info, depth, segmentation, segmentation_color, '
+                        'depth/camera_info; replaced if it exists)')
     p.add_argument('--quiet', action='store_true', help='no progress lines')
     return p
 

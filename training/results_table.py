@@ -9,11 +9,14 @@ import math
 DEPTH_COLUMNS = (('abs_rel', 'AbsRel', False), ('sq_rel', 'SqRel', False),
                  ('rmse', 'RMSE', False), ('rmse_log', 'RMSElog', False),
                  ('a1', 'd<1.25', True), ('a2', 'd<1.25^2', True), ('a3', 'd<1.25^3', True))
-SEG_COLUMNS = (('miou', 'mIoU', True), ('pixel_acc', 'PixAcc', True))
+SEG_COLUMNS = (('miou', 'mIoU', True), ('pixel_acc', 'PixAcc', True),
+               ('label_change_share', 'LblChg', None))
 COLUMNS = tuple(('depth', *c) for c in DEPTH_COLUMNS) + \
     tuple(('segmentation', *c) for c in SEG_COLUMNS)
 LEGEND = ('Depth errors (AbsRel, SqRel, RMSE in m, RMSElog): lower is better; d<1.25^k, '
-          'mIoU and pixel accuracy: higher is better.')
+          'mIoU and pixel accuracy: higher is better. LblChg: share of pixels whose '
+          'predicted label differs from that pixel\'s most frequent prediction over the '
+          'frames (0 = the same map for every frame; compare with the ground truth\'s).')
 
 
 def is_number(value):

@@ -36,7 +36,7 @@ from .checkpoint import (CheckpointError, load_checkpoint, read_record, rng_stat
 from .train_data import epoch_order, step_loader, steps_per_epoch
 from .train_logging import CsvLog, grid_tensor, sample_grid, tensorboard_writer, write_grid
 
-METHODS = ('twin_vae', 'sim_only', 'oracle')
+METHODS = ('twin_vae', 'sim_only', 'oracle', 'mean_prior')
 STAGES = ('1', '2', 'all')
 #: Data streams (seeds of their shuffles) so each has its own independent order.
 STREAM_SIM, STREAM_REAL, STREAM_EVAL = 1, 2, 3
@@ -73,6 +73,8 @@ def stage_plan(method, stage):
         raise ValueError(f'method {method!r} not in {METHODS}')
     if stage not in STAGES:
         raise ValueError(f'stage {stage!r} not in {STAGES}')
+    if method == 'mean_prior':
+        return ['prior']
     if method != 'twin_vae':
         if stage != 'all':
             raise ValueError(f'--stage {stage} is for twin_vae; {method} has one stage (all)')
@@ -226,7 +228,8 @@ class Trainer:
             if int(record.get('total_steps', total)) != total:
                 raise CheckpointError(f'{tag}: checkpoint schedule has {record["total_steps"]} '
                                       f'steps, this config {total}; resume needs the same one')
-            self._log(f'[{stage}] resuming at step {start}/{total} from {self.last_good}')
+            self._log(f'[{stage}] resuming at step {start}/{total} from {self.last_good} '
+                      f'({record["weights"]})')
         else:
             if stage == 'stage2' and stage_index == 0:
                 done = read_record(self.ckpt_dir, 'stage1_last')
@@ -314,6 +317,7 @@ class Trainer:
                         tb.add_scalar(f'{stage}/{name}', value, step)
                 bar.set_postfix(loss=f'{loss_sum:.4g}', img_s=f'{ips:.1f}')
             epoch_end = step % spe == 0 or step == total
+            self._monitor_curve(stage, step, total)
             if epoch_end:
                 self._end_epoch(stage, epoch, step, images, tb, extra, opt, spe, total)
             elif step % ckpt_every == 0:
@@ -365,6 +369,22 @@ class Trainer:
             extra['best_loss'] = mean
             self._save(f'{stage}_best', stage, opt, step, epoch, spe, total, extra=extra)
         self._save(f'{stage}_last', stage, opt, step, epoch, spe, total, extra=extra)
+
+    def _monitor_curve(self, stage, step, total):
+        """Every ``train.monitor_every`` steps (and at the end) score the monitor frames."""
+        every = int(self.t.get('monitor_every', 0))
+        if every <= 0 or stage == 'stage1' or not self.is_main or \
+                (step % every and step != total):
+            return
+        metrics = self._monitor(stage)
+        if metrics:
+            path = self.run_dir / 'logs' / 'monitor.csv'
+            new = not path.is_file()
+            with open(path, 'a', encoding='utf-8') as fh:
+                if new:
+                    fh.write('stage,step,abs_rel,miou\n')
+                fh.write(f'{stage},{step},{metrics.get("abs_rel", "")},'
+                         f'{metrics.get("miou", "")}\n')
 
     @torch.no_grad()
     def _monitor(self, stage):
@@ -421,9 +441,7 @@ class Trainer:
                              STREAM_REAL + 100, 0, batches, int(self.t['num_workers']))
         n = 0
         for b in loader:
-            z = net.encoder(b['image'].to(self.device))
-            net.dec_depth(z)
-            net.dec_seg(z)
+            net.heads(b['image'].to(self.device))
             n += 1
         for m, mom in zip(bns, saved):
             m.momentum = mom
@@ -439,6 +457,8 @@ class Trainer:
                 old[sig] = signal.signal(sig, self._handle_signal)
             except ValueError:  # not the main thread
                 pass
+        if plan == ['prior']:
+            return self.fit_prior()
         try:
             for i, name in enumerate(plan):
                 self.train_stage(name, i)
@@ -465,6 +485,22 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         summary['export_dir'] = str(export)
+        return summary
+
+    def fit_prior(self):
+        """The ``mean_prior`` floor: no training, per-pixel statistics of the sim frames."""
+        from .mean_prior import fit_and_export
+        export = self.run_dir / 'export'
+        summary = {'method': self.method, 'seed': self.seed, 'stages': ['prior'],
+                   'steps': {}, 'monitor': {}, 'run_dir': str(self.run_dir),
+                   'export_dir': str(export)}
+        if self.is_main:
+            sim = self.dataset('sim')
+            sim.train = False   # the stage-2 frames and resize, without random flips/jitter
+            fit_and_export(sim, self.model_cfg, export,
+                           metadata={'method': self.method, 'seed': self.seed,
+                                     'config': self.cfg})
+            (self.run_dir / 'summary.json').write_text(json.dumps(summary, indent=1))
         return summary
 
     def close(self, completed=True):
@@ -505,7 +541,7 @@ def build_parser():
         prog='python -m training.train',
         description='Train the sim2real twin-VAE (stage 1: unpaired real+sim images; stage 2: '
                     'depth and segmentation heads on paired sim data) or a baseline, and '
-                    'export RUN/export for sim2real_perception.',
+                    'export RUN/export for sim2real_perception. Docs: docs/training.md',
         epilog='Outputs: RUN/checkpoints/{stage}_{last,best}.json (+ .safetensors, .optim.pt), '
                'RUN/logs/{stage}.csv, RUN/logs/tb (TensorBoard), RUN/samples/*.png, '
                'RUN/export (config.json + model.safetensors), RUN/summary.json. Exit codes: '

@@ -1,5 +1,6 @@
 """Model registry: build a network by name from a config section (timm-style)."""
 from .depth_coding import decode_depth, encode_depth
+from .mean_prior import MeanPriorNet
 from .twin_vae import DepthSegNet, ModelConfig, TwinVAE
 
 _REGISTRY = {'twin_vae': TwinVAE}
@@ -11,6 +12,14 @@ def register_model(name):
         _REGISTRY[name] = cls
         return cls
     return wrap
+
+
+def deployed_network(model_cfg):
+    """Build the deployed network an exported directory describes (``model.architecture``)."""
+    cfg = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_dict(model_cfg)
+    if cfg.architecture == 'mean_prior':
+        return MeanPriorNet(cfg)
+    return DepthSegNet(cfg)
 
 
 def list_models():
@@ -25,5 +34,6 @@ def build_model(model_cfg, name='twin_vae'):
     return _REGISTRY[name](cfg)
 
 
-__all__ = ['DepthSegNet', 'ModelConfig', 'TwinVAE', 'build_model', 'decode_depth',
-           'encode_depth', 'list_models', 'register_model']
+__all__ = ['DepthSegNet', 'MeanPriorNet', 'ModelConfig', 'TwinVAE', 'build_model',
+           'decode_depth', 'deployed_network', 'encode_depth', 'list_models',
+           'register_model']

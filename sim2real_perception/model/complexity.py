@@ -57,12 +57,19 @@ def complexity(model_cfg):
     }
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog='Docs: docs/benchmarks.md#model-size')
     parser.add_argument('--preset', nargs='+', default=['paper', 'cpu'],
                         help='preset names or YAML paths (default: paper cpu)')
     parser.add_argument('--json', help='also write the figures to this JSON file')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    """Print (and optionally save) the figures of each preset."""
+    args = build_parser().parse_args(argv)
     rows = {}
     print(f'{"preset":<10} {"input":>9} {"params":>10} {"infer params":>12} '
           f'{"infer GMAC":>10} {"stage1 GMAC/pair":>16}')

@@ -64,17 +64,33 @@ def encoder_layers(cfg):
     return layers
 
 
-def decoder_layers(cfg, out_channels, tanh):
-    """Rows 11-20 as a list of modules (the exact mirror of the encoder)."""
+def decoder_layers(cfg, out_channels, tanh, skip_channels=None):
+    """Rows 11-20 as a list of modules (the exact mirror of the encoder).
+
+    ``skip_channels`` (scale -> channels) widens the input of the layer that reads that
+    scale: the unpacking layers after the residual blocks and the output layer.
+    """
     k = cfg.kernel_size
+    extra = skip_channels or {}
     widths = [cfg.stem_channels, *cfg.pack_channels]
     layers = [LatentUp(cfg.latent_channels, cfg.bottleneck_channels, k),
               UnpackLayer(cfg.bottleneck_channels, widths[-1], k, cfg.packing_d)]
     layers += [ResBlock(widths[-1], k) for _ in range(cfg.res_blocks)]
+    scale = cfg.downsampling // 2
     for in_ch, out_ch in zip(widths[:0:-1], widths[-2::-1]):
-        layers.append(UnpackLayer(in_ch, out_ch, k, cfg.packing_d))
-    layers.append(OutputLayer(cfg.stem_channels, out_channels, cfg.stem_kernel, tanh))
+        layers.append(UnpackLayer(in_ch + extra.get(scale, 0), out_ch, k, cfg.packing_d))
+        scale //= 2
+    layers.append(OutputLayer(cfg.stem_channels + extra.get(1, 0), out_channels,
+                              cfg.stem_kernel, tanh))
     return layers
+
+
+def skip_inputs(cfg):
+    """Map decoder layer index -> the encoder scale concatenated to that layer's input."""
+    sources = cfg.skip_sources()
+    first = 2 + cfg.res_blocks   # the first unpacking layer after the residual blocks
+    scales = [cfg.downsampling // 2 ** (i + 1) for i in range(len(cfg.pack_channels) + 1)]
+    return {first + i: s for i, s in enumerate(scales) if s in sources}
 
 
 class Stack(nn.Module):
@@ -88,6 +104,47 @@ class Stack(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def forward_collect(self, x, keep):
+        """Run the stack; also return ``{scale: output}`` of the layers ``keep`` names.
+
+        ``keep`` maps layer index -> scale (``ModelConfig.skip_sources``, inverted).
+        """
+        feats = {}
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i in keep:
+                feats[keep[i]] = x
+        return x, feats
+
+
+class SkipStack(Stack):
+    """A decoder that concatenates encoder features (U-Net skips) before some layers."""
+
+    def __init__(self, layers, skip_at):
+        super().__init__(layers)
+        self.skip_at = dict(skip_at)
+
+    def forward(self, x, feats=None):
+        for i, layer in enumerate(self.layers):
+            if i in self.skip_at:
+                x = torch.cat([x, feats[self.skip_at[i]]], dim=1)
+            x = layer(x)
+        return x
+
+
+def task_decoder(cfg, out_channels, tanh):
+    """Build a depth or segmentation decoder: with the configured skips, or the plain mirror."""
+    sources = cfg.skip_sources()
+    if not sources:
+        return Stack(decoder_layers(cfg, out_channels, tanh))
+    channels = {scale: ch for scale, (_, ch) in sources.items()}
+    return SkipStack(decoder_layers(cfg, out_channels, tanh, channels), skip_inputs(cfg))
+
+
+def skip_keep(cfg):
+    """Return encoder layer index -> scale of the features the task decoders receive."""
+    return {index: scale for scale, (index, _) in cfg.skip_sources().items()}
 
 
 def init_gaussian(module, std):
@@ -117,8 +174,9 @@ class TwinVAE(nn.Module):
         dec_sim = dec_real[:n] + decoder_layers(cfg, cfg.in_channels, tanh=True)[n:]
         self.enc_real, self.enc_sim = Stack(enc_real), Stack(enc_sim)
         self.dec_real, self.dec_sim = Stack(dec_real), Stack(dec_sim)
-        self.dec_depth = Stack(decoder_layers(cfg, 1, tanh=True))
-        self.dec_seg = Stack(decoder_layers(cfg, cfg.num_classes, tanh=False))
+        self.dec_depth = task_decoder(cfg, 1, tanh=True)
+        self.dec_seg = task_decoder(cfg, cfg.num_classes, tanh=False)
+        self._keep = skip_keep(cfg)
         init_gaussian(self, cfg.init_std)
 
     def encoder(self, domain):
@@ -134,13 +192,26 @@ class TwinVAE(nn.Module):
         z = mu + torch.randn_like(mu) if self.training else mu
         return mu, z
 
-    def decode(self, z, domain):
+    def encode_skips(self, x, domain):
+        """Return ``(mu, z, feats)``: ``encode`` plus the skip features of the task heads."""
+        mu, feats = self.encoder(domain).forward_collect(x, self._keep)
+        z = mu + torch.randn_like(mu) if self.training else mu
+        return mu, z, feats
+
+    @property
+    def has_skips(self):
+        return bool(self._keep)
+
+    def decode(self, z, domain, feats=None):
+        """Decode a latent; ``feats`` (from ``encode_skips``) feed the task decoders' skips."""
+        if domain in ('depth', 'seg') and self.has_skips:
+            return self.decoder(domain)(z, feats)
         return self.decoder(domain)(z)
 
     def forward(self, x, domain='real'):
         """Inference path: depth targets in [-1, 1] and class logits for one domain."""
-        _, z = self.encode(x, domain)
-        return self.dec_depth(z), self.dec_seg(z)
+        _, z, feats = self.encode_skips(x, domain)
+        return self.decode(z, 'depth', feats), self.decode(z, 'seg', feats)
 
 
 class DepthSegNet(nn.Module):
@@ -156,10 +227,11 @@ class DepthSegNet(nn.Module):
         if isinstance(cfg, dict):
             cfg = ModelConfig.from_dict(cfg)
         self.cfg = cfg
+        self._keep = skip_keep(cfg)
         if twin is None:
             self.encoder = Stack(encoder_layers(cfg))
-            self.dec_depth = Stack(decoder_layers(cfg, 1, tanh=True))
-            self.dec_seg = Stack(decoder_layers(cfg, cfg.num_classes, tanh=False))
+            self.dec_depth = task_decoder(cfg, 1, tanh=True)
+            self.dec_seg = task_decoder(cfg, cfg.num_classes, tanh=False)
         else:
             self.encoder = twin.enc_real
             self.dec_depth, self.dec_seg = twin.dec_depth, twin.dec_seg
@@ -171,9 +243,16 @@ class DepthSegNet(nn.Module):
 
     def forward(self, image_u8):
         x = image_u8.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0
-        z = self.encoder(x)
+        depth_t, logits = self.heads(x)
         cfg = self.cfg
-        depth = decode_depth(self.dec_depth(z)[:, 0], cfg.depth_encoding,
-                             cfg.min_depth, cfg.max_depth)
-        labels = self.dec_seg(z).argmax(dim=1).to(torch.uint8)
+        depth = decode_depth(depth_t[:, 0], cfg.depth_encoding, cfg.min_depth, cfg.max_depth)
+        labels = logits.argmax(dim=1).to(torch.uint8)
         return depth, labels
+
+    def heads(self, x):
+        """Return the depth decoder's tanh output and the class logits for images in [-1, 1]."""
+        if self._keep:
+            z, feats = self.encoder.forward_collect(x, self._keep)
+            return self.dec_depth(z, feats), self.dec_seg(z, feats)
+        z = self.encoder(x)
+        return self.dec_depth(z), self.dec_seg(z)

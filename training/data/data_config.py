@@ -47,6 +47,8 @@ DEFAULTS = {
     'resize': 'stretch',          # stretch | crop
     'hflip': True,                # training: random horizontal flip
     'color_jitter': 0.0,          # training: brightness/contrast/saturation +-x, hue +-18x deg
+    'appearance_aug': 0.0,        # training: camera-photo randomisation strength (gains,
+                                  # exposure, shading, grain, blur, noise, JPEG; 0 = off)
 }
 
 

@@ -17,19 +17,20 @@ from sim2real_perception.labels import IGNORE_INDEX
 
 from .data_config import open_source, resolve, select_indices
 from .image_files import DataError
-from .transforms import color_jitter, fit_frame, hflip
+from .transforms import appearance_aug, color_jitter, fit_frame, hflip
 
 
 class FrameDataset(Dataset):
     """Frames of one reader, resized/cropped to the model size, augmented when training."""
 
     def __init__(self, source, indices, height, width, train=False, seed=0, resize='crop',
-                 flip=True, jitter=0.0, skip_bad=False):
+                 flip=True, jitter=0.0, skip_bad=False, appearance=0.0):
         self.source, self.indices = source, list(indices)
         self.height, self.width = int(height), int(width)
         self.train, self.seed, self.epoch = bool(train), int(seed), 0
         self.resize, self.flip, self.jitter = resize, bool(flip), float(jitter)
         self.skip_bad = bool(skip_bad)
+        self.appearance = float(appearance)
         #: ``(name, reason)`` of frames that failed to decode and were replaced (skip_bad).
         self.load_failures = []
 
@@ -60,6 +61,7 @@ class FrameDataset(Dataset):
             if self.flip and rng.random() < 0.5:
                 frame = hflip(frame)
             frame['image'] = color_jitter(frame['image'], self.jitter, rng)
+            frame['image'] = appearance_aug(frame['image'], self.appearance, rng)
         return to_tensors(frame, self.height, self.width)
 
 
@@ -91,7 +93,8 @@ def build_dataset(data_cfg, split, height, width, train, seed, source=None):
         print(f'[data] {cfg["root"]}: skipped {len(source.skipped)} bad files, first: '
               f'{source.skipped[0][0]} ({source.skipped[0][1]})', file=sys.stderr)
     return FrameDataset(source, select_indices(source, cfg, split), height, width, train, seed,
-                        cfg['resize'], cfg['hflip'], cfg['color_jitter'], cfg['skip_bad'])
+                        cfg['resize'], cfg['hflip'], cfg['color_jitter'], cfg['skip_bad'],
+                        cfg['appearance_aug'])
 
 
 def iter_frames(data_cfg, max_frames=None, split='all'):

@@ -389,7 +389,7 @@ def build_parser():
                'another width is a centred crop of a KITTI camera); 50 frames per scene/drive;\n'
                'sim camera 1.50 m high and level, real camera 1.65 m high pitched 1 deg down.\n\n'
                'example:\n  python -m training.data.make_procedural --out outputs/data/procedural'
-               ' \\\n      --preview outputs/data/procedural/preview.png')
+               ' \\\n      --preview outputs/data/procedural/preview.png\n\ndocs: docs/data.md')
     parser.add_argument('--out', required=True, type=Path,
                         help='output folder (created; existing generated data needs --overwrite)')
     parser.add_argument('--sim-frames', type=int, default=DEFAULT_SIM_FRAMES,

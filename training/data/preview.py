@@ -59,13 +59,14 @@ def save_preview(root, path, rows=3, tile_width=256, sim_cfg=None, real_cfg=None
     return path
 
 
-def main(argv=None):
-    """Run the command line."""
+def build_parser():
+    """Return the command-line parser."""
     parser = argparse.ArgumentParser(
         prog='python -m training.data.preview',
         description='Write a PNG grid of sim frames (Virtual KITTI 2 tree) and real frames '
                     '(KITTI tree) of a procedural data folder: image, depth and labels side '
-                    'by side, read back through the dataset readers.')
+                    'by side, read back through the dataset readers.',
+        epilog='Docs: docs/data.md#built-in-procedural-data')
     parser.add_argument('--root', required=True, type=Path,
                         help='folder written by python -m training.data.make_procedural')
     parser.add_argument('--out', required=True, type=Path, help='PNG file to write')
@@ -73,7 +74,12 @@ def main(argv=None):
                         help='frames per domain, evenly spaced (default: %(default)s)')
     parser.add_argument('--tile-width', type=int, default=256,
                         help='width of each tile in pixels (default: %(default)s)')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line."""
+    args = build_parser().parse_args(argv)
     save_preview(args.root, args.out, args.rows, args.tile_width)
     print(f'wrote {args.out}')
     return 0

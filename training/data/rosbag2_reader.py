@@ -5,14 +5,21 @@ The image topic may be ``sensor_msgs/Image`` or ``CompressedImage``. Ground-trut
 class ids) are matched to a frame by header stamp: exactly, or the nearest within
 ``sync_tolerance_ms``. The bag is indexed once (one pass) and frames are fetched by their
 recording time, so the reader is random-access without holding images in memory.
+
+A bag cut short (recorder killed: an mcap without its footer, a sqlite3 file with an
+uncommitted transaction) is read through ``training.bag_check``: every complete frame is
+kept, and how many messages and frames were lost is printed (``lost_messages``,
+``lost_frames``); a bag that cannot be read at all raises DataError naming the file.
 """
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
+from ..bag_check import BagError, check_bag
 from .frame_source import FrameSource, Sample
 from .image_files import DataError
 from .ros_images import ImageDecodeError, decode
@@ -32,7 +39,8 @@ class RosbagReader(FrameSource):
         super().__init__(skip_bad)
         self.path = Path(path)
         self.typestore = get_typestore(Stores.ROS2_KILTED)
-        self._reader, self._pid = None, None
+        self._reader, self._pid, self.check = None, None, None
+        self.lost_frames = 0
         reader = self._open()
         image_topics = sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES})
         if topic is None:
@@ -52,15 +60,28 @@ class RosbagReader(FrameSource):
                                 f'expected one of {IMAGE_TYPES}')
             self.conns[role] = conns
         self._index(reader, float(sync_tolerance_ms) * 1e6)
+        if self.check.cut_short:
+            print(f'[data] warning: {self.check.summary()}; {len(self.samples)} complete '
+                  f'frames on {topic}, {self.lost_frames} frames lost', file=sys.stderr)
         if not self.samples and not self.skipped:
             raise DataError(f'{self.path}: no messages on {topic}')
+
+    @property
+    def lost_messages(self):
+        """Messages metadata.yaml lists that the cut-short bag no longer holds (0 if intact)."""
+        return self.check.lost
 
     def _open(self):
         if self._reader is None or self._pid != os.getpid():  # one handle per process
             if not self.path.exists():
                 raise DataError(f'{self.path}: bag not found')
+            if self.check is None:
+                try:
+                    self.check = check_bag(self.path)
+                except BagError as exc:
+                    raise DataError(str(exc)) from None
             try:
-                self._reader = Reader(self.path)
+                self._reader = Reader(self.check.read_path)
                 self._reader.open()
             except Exception as exc:  # noqa: BLE001 - rosbags raises several types
                 raise DataError(f'{self.path}: cannot open bag: {exc}') from exc
@@ -101,8 +122,17 @@ class RosbagReader(FrameSource):
                 self.add(Sample(name, self.path.name, {},
                                 {'stamp_ns': stamp, 'logtimes': logtimes}))
                 continue
+            if self._cut_at(role, stamp, gt):
+                self.lost_frames += 1  # its ground truth was in the part that was cut off
+                continue
             self.bad(f'{self.path}:{self.topics[role]}',
                      f'no {role} message for the image stamped {stamp} ns')
+
+    def _cut_at(self, role, stamp, gt):
+        """Return whether ``role``'s message for an image at ``stamp`` was lost in a cut."""
+        keys = gt[role][0]
+        return (self.check.lost_on(self.topics[role]) > 0
+                and (not len(keys) or stamp > int(keys.max())))
 
     def _fetch(self, role, logtime, stamp):
         reader = self._open()

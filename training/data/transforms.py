@@ -109,3 +109,41 @@ def color_jitter(image, strength, rng):
         hsv[..., 0] = (hsv[..., 0] + shift) % 360.0
         x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def appearance_aug(image, strength, rng):
+    """Randomise a clean (sim) frame's look towards a camera photo; ``strength`` scales all.
+
+    Domain randomisation, not a model of the real-style generator: per-channel gains,
+    exposure (gamma), desaturation, smooth illumination blobs (shadow-like), fine
+    multiplicative grain (texture-like), Gaussian blur, sensor noise and a JPEG round trip,
+    each drawn per frame. Geometry and labels are untouched. At 0 it returns ``image``.
+    """
+    if strength <= 0:
+        return image
+    s = float(strength)
+    h, w = image.shape[:2]
+    x = image.astype(np.float32) / 255.0
+    x = x * rng.normal(1.0, 0.08 * s, 3).astype(np.float32)                 # colour balance
+    x = np.clip(x, 0, 1) ** np.float32(np.exp(rng.normal(0.0, 0.3 * s)))     # exposure
+    grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    sat = rng.uniform(1.0 - 0.5 * s, 1.0)
+    x = grey[..., None] + (x - grey[..., None]) * np.float32(sat)
+    # Smooth illumination: a coarse random field upsampled, darkening parts of the frame.
+    coarse = rng.uniform(1.0 - 0.5 * s, 1.0, (4, 8)).astype(np.float32)
+    x = x * cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)[..., None]
+    # Fine grain at a random scale: multiplicative texture on every surface.
+    cell = int(rng.integers(1, 4))
+    grain = rng.normal(1.0, 0.07 * s, (max(h // cell, 1), max(w // cell, 1))).astype(np.float32)
+    x = x * cv2.resize(grain, (w, h), interpolation=cv2.INTER_LINEAR)[..., None]
+    sigma = rng.uniform(0.0, 1.0 * s) * h / 256.0
+    if sigma > 0.2:
+        x = cv2.GaussianBlur(x, (0, 0), sigma)
+    x = x + rng.normal(0.0, rng.uniform(0.0, 5.0 * s) / 255.0, x.shape).astype(np.float32)
+    out = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    quality = int(rng.integers(40, 96))
+    if rng.random() < min(s, 1.0):
+        ok, buf = cv2.imencode('.jpg', out, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return out

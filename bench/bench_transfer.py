@@ -1,0 +1,340 @@
+"""Transfer benchmark: does training on sim labels give depth and labels on real-style frames?
+
+``python bench/bench_transfer.py`` generates one fixed procedural dataset (sim: Virtual
+KITTI 2 tree; real-style: KITTI tree with a photo look), then trains and scores every row of
+``ROWS`` for seeds 0, 1, 2 with ``training.compare`` at the ``cpu`` preset's fixed step
+budget, and writes ``bench/results/bench_transfer.json`` and ``.md`` plus a learning-curve
+figure. Rows: the ``mean_prior`` floor, ``sim_only`` (no adaptation), ``oracle``
+(supervised on the real-style labels: the ceiling), the paper's recipe at this budget, and
+the project's variants. The benchmark checks its own validity (every learned row beats the
+floor; the oracle is separated from sim_only by more than three seed stds; a domain gap
+exists) and prints the targets of issue 10. Finished runs are reused (``--retrain`` redoes
+them). See docs/benchmarks.md.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+#: The paper's recipe on the cpu preset's network size and step budget: no skips, section
+#: 3.2's three shared layers, every loss weight 1 (eqs 10, 17, 20 unweighted).
+PAPER_RECIPE = ['model.skips=none', 'model.shared_layers=3'] + [
+    f'loss.{k}=1.0' for k in ('recon_real', 'recon_sim', 'cycle_real', 'cycle_sim', 'kl_real',
+                              'kl_sim', 's2_kl_real', 's2_kl_sim')] + [
+    'data.sim.appearance_aug=0.0']
+#: (row name, method, extra overrides, what it tests). Methods other than mean_prior, sim_only
+#: and oracle count as adapted methods for the gap targets.
+ROWS = (
+    ('mean_prior', 'mean_prior', [], 'floor: per-pixel mean sim depth / most frequent label'),
+    ('sim_only', 'sim_only', ['data.sim.appearance_aug=0.0'],
+     'same network supervised on sim frames, no adaptation'),
+    ('oracle', 'oracle', [], 'same network supervised on real-style labels (ceiling)'),
+    ('twin_vae_paper', 'twin_vae', PAPER_RECIPE,
+     "the paper's twin-VAE recipe (no skips, 3 shared layers, unit weights)"),
+    ('twin_vae', 'twin_vae', [], 'the cpu preset recipe (shipped default)'),
+    ('twin_vae_noaug', 'twin_vae', ['data.sim.appearance_aug=0.0'],
+     'ablation: the default without sim appearance randomisation'),
+    ('twin_vae_noskip', 'twin_vae', ['model.skips=none'],
+     'ablation: the default without skips from the shared encoder layers'),
+    ('sim_only_aug', 'sim_only', [],
+     'ablation: sim_only with the sim appearance randomisation, no twin-VAE'),
+)
+BASELINES = ('mean_prior', 'sim_only', 'oracle')
+#: Virtual KITTI 2 clones KITTI's camera (height, pitch), so the sim camera here matches
+#: the real-style one: the gap left is appearance, the part adaptation can close.
+SIM_CAMERA = ('cam_height_m=1.65', 'pitch_deg=1.0')
+DATA = {'sim_frames': 600, 'real_frames': 600, 'height': 192, 'width': 640,
+        'frames_per_sequence': 50, 'seed': 0, 'sim_style': SIM_CAMERA}
+METRICS = ('abs_rel', 'miou', 'pixel_acc', 'label_change_share')
+QUICK_DATA = {'sim_frames': 12, 'real_frames': 16, 'height': 64, 'width': 192,
+              'frames_per_sequence': 4, 'seed': 0, 'sim_style': SIM_CAMERA}
+
+
+def build_parser():
+    """Return the command line (docs/benchmarks.md)."""
+    p = argparse.ArgumentParser(
+        prog='python bench/bench_transfer.py',
+        description='Train and score mean_prior, sim_only, oracle, the paper recipe and the '
+                    'variants on fixed procedural data for several seeds; check the '
+                    "benchmark's validity; write bench/results/bench_transfer.json/.md "
+                    '(docs/benchmarks.md).')
+    p.add_argument('--out', default='outputs/bench_transfer',
+                   help='work folder: data/, runs/, compare.json (default: %(default)s)')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2],
+                   help='training seeds (default: 0 1 2)')
+    p.add_argument('--rows', nargs='+', default=None, metavar='ROW',
+                   help=f'subset of rows (default: all: {", ".join(r[0] for r in ROWS)})')
+    p.add_argument('--config', default='cpu', help='preset (default: cpu)')
+    p.add_argument('--set', nargs='+', action='append', default=[], metavar='KEY=VALUE',
+                   help='extra config overrides for every row (changes the budget: say so)')
+    p.add_argument('--results', default=str(REPO / 'bench' / 'results'),
+                   help='where bench_transfer.json/.md/_curves.png go (default: bench/results)')
+    p.add_argument('--quick', action='store_true',
+                   help='tiny data and the test preset: checks the plumbing in a minute, '
+                        'measures nothing')
+    p.add_argument('--retrain', action='store_true', help='retrain finished runs')
+    return p
+
+
+def make_data(out, spec):
+    """Generate (or reuse) the fixed procedural dataset; return its folder."""
+    from training.data.make_procedural import generate
+    folder = Path(out) / 'data'
+    generate(folder, **spec)
+    return folder
+
+
+def run_rows(args, data_dir, rows):
+    """Train and score the rows with training.compare; return compare.json's dict."""
+    from training.compare import build_parser as compare_parser, run_compare
+    argv = ['--config', args.config, '--seeds', *map(str, args.seeds), '--out',
+            str(Path(args.out) / 'compare'), '--data-root', str(data_dir), '--quiet',
+            '--methods', *[r[1] for r in rows if r[0] == r[1] and not r[2]]]
+    for name, method, extra, _ in rows:
+        if name == method and not extra:
+            continue
+        argv += ['--variant', ','.join([f'{name}={method}', *extra])]
+    overrides = ['train.monitor_every=25'] + [o for g in args.set for o in g]
+    argv += ['--set', *overrides]
+    if args.retrain:
+        argv.append('--retrain')
+    cargs = compare_parser().parse_args(argv)
+    if not [r for r in rows if r[0] == r[1] and not r[2]]:
+        cargs.methods = []
+    return run_compare(cargs)
+
+
+def _mean_std(values):
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return {'mean': math.nan, 'std': None, 'n': 0}
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 \
+        else None
+    return {'mean': mean, 'std': std, 'n': len(vals)}
+
+
+def collect(report, rows):
+    """Flatten compare.json into the benchmark's ``runs`` list and per-method statistics."""
+    runs = []
+    gt_share = {}
+    for split, data in report['splits'].items():
+        for run_name, result in data['runs'].items():
+            info = report['runs'][run_name]
+            seg, depth = result.get('segmentation', {}), result.get('depth', {})
+            runs.append({'method': info['row'], 'seed': info['seed'], 'split': split,
+                         'abs_rel': depth.get('abs_rel'), 'miou': seg.get('miou'),
+                         'pixel_acc': seg.get('pixel_acc'),
+                         'label_change_share': seg.get('label_change_share'),
+                         'wall_s': info.get('seconds')})
+            gt_share[split] = seg.get('gt_label_change_share')
+    methods = {}
+    for name, *_ in rows:
+        methods[name] = {}
+        for split in report['splits']:
+            mine = [r for r in runs if r['method'] == name and r['split'] == split]
+            methods[name][split] = {m: _mean_std([r[m] for r in mine]) for m in METRICS}
+        methods[name]['wall_s'] = _mean_std(
+            [r['wall_s'] for r in runs if r['method'] == name and r['split'] == 'real'])
+    return runs, methods, gt_share
+
+
+def _m(methods, name, metric, split='real'):
+    return methods[name][split][metric]['mean']
+
+
+def _s(methods, name, metric, split='real'):
+    std = methods[name][split][metric]['std']
+    return std if std is not None else math.nan
+
+
+def gap_fractions(methods):
+    """(method - sim_only) / (oracle - sim_only) per row on AbsRel and mIoU (real split)."""
+    out = {}
+    for name in methods:
+        if name in ('sim_only', 'oracle'):
+            continue
+        out[name] = {}
+        for metric in ('abs_rel', 'miou'):
+            lo, hi, me = (_m(methods, r, metric) for r in ('sim_only', 'oracle', name))
+            gap = hi - lo
+            ok = all(math.isfinite(v) for v in (lo, hi, me)) and abs(gap) > 1e-9
+            out[name][metric] = (me - lo) / gap if ok else None
+    return out
+
+
+def validity(methods):
+    """The three checks that make the benchmark an instrument (issue 10)."""
+    learned = [n for n in methods if n != 'mean_prior']
+    floor = {n: {'abs_rel': _m(methods, n, 'abs_rel') < _m(methods, 'mean_prior', 'abs_rel'),
+                 'miou': _m(methods, n, 'miou') > _m(methods, 'mean_prior', 'miou')}
+             for n in learned}
+    sep = {}
+    for metric, sign in (('abs_rel', -1.0), ('miou', 1.0)):
+        diff = sign * (_m(methods, 'oracle', metric) - _m(methods, 'sim_only', metric))
+        spread = max(_s(methods, 'oracle', metric), _s(methods, 'sim_only', metric))
+        sep[metric] = {'oracle_minus_sim_only': diff, 'larger_seed_std': spread,
+                       'ok': bool(math.isfinite(spread) and diff > 3.0 * spread)}
+    sim_gap = _m(methods, 'sim_only', 'miou', 'sim') - _m(methods, 'sim_only', 'miou')
+    checks = {
+        'every_learned_method_beats_mean_prior': {
+            'per_method': floor, 'ok': all(v['abs_rel'] and v['miou'] for v in floor.values())},
+        'oracle_beats_sim_only_by_3_std': {**sep, 'ok': all(v['ok'] for v in sep.values())},
+        'domain_gap_miou_sim_minus_real': {'value': sim_gap, 'ok': bool(sim_gap >= 0.05)},
+    }
+    checks['valid'] = all(c['ok'] for c in checks.values())
+    return checks
+
+
+def targets(methods, gaps):
+    """Issue 10's targets with their figures (reported, not asserted)."""
+    adapted = [n for n in methods if n not in BASELINES]
+    best, best_score = None, -math.inf
+    for name in adapted:
+        g = gaps.get(name, {})
+        if g.get('abs_rel') is not None and g.get('miou') is not None:
+            score = min(g['abs_rel'], g['miou'])
+            if score > best_score:
+                best, best_score = name, score
+    out = {'oracle_miou_ge_0.40': _m(methods, 'oracle', 'miou') >= 0.40,
+           'oracle_abs_rel_le_0.15': _m(methods, 'oracle', 'abs_rel') <= 0.15,
+           'best_adapted': best}
+    if best is not None:
+        spread = {m: _s(methods, best, m) for m in ('abs_rel', 'miou')}
+        closed = {m: abs(_m(methods, best, m) - _m(methods, 'sim_only', m))
+                  for m in ('abs_rel', 'miou')}
+        out['best_closes_50pct_both'] = bool(best_score >= 0.5)
+        out['best_gap_fraction'] = gaps[best]
+        out['best_seed_std_below_gap_closed'] = all(
+            math.isfinite(spread[m]) and spread[m] < closed[m] for m in spread)
+    return out
+
+
+def markdown(result):
+    """The README / docs table: real-style split, mean ± std over seeds, gap fractions."""
+    def cell(stat, digits=3):
+        if not (isinstance(stat['mean'], float) and math.isfinite(stat['mean'])):
+            return '-'
+        std = stat['std']
+        return f'{stat["mean"]:.{digits}f}' + (f' ± {std:.{digits}f}' if std is not None
+                                               else '')
+    lines = ['| row | AbsRel (real) | mIoU (real) | PixAcc (real) | LblChg (real) | '
+             'mIoU (sim val) | gap closed AbsRel / mIoU | train s/run |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|']
+    for name, stats in result['methods'].items():
+        g = result['gap_closed'].get(name, {})
+        gap = ' / '.join('-' if g.get(m) is None else f'{g[m]:.0%}' for m in ('abs_rel', 'miou')) \
+            if g else '-'
+        lines.append(f'| {name} | {cell(stats["real"]["abs_rel"])} | '
+                     f'{cell(stats["real"]["miou"])} | {cell(stats["real"]["pixel_acc"])} | '
+                     f'{cell(stats["real"]["label_change_share"])} | '
+                     f'{cell(stats["sim"]["miou"]) if "sim" in stats else "-"} | {gap} | '
+                     f'{cell(stats["wall_s"], 0)} |')
+    gt = result['gt_label_change_share']
+    lines += ['', f'Ground truth label-change share: real {gt.get("real", math.nan):.3f}, '
+              f'sim {gt.get("sim", math.nan):.3f}.', '']
+    v = result['validity']
+    lines.append('Validity: ' + '; '.join([
+        'every learned row beats mean_prior: '
+        + ('yes' if v['every_learned_method_beats_mean_prior']['ok'] else 'NO'),
+        'oracle - sim_only vs 3 x larger std: AbsRel '
+        f'{v["oracle_beats_sim_only_by_3_std"]["abs_rel"]["oracle_minus_sim_only"]:.3f} vs '
+        f'{3 * v["oracle_beats_sim_only_by_3_std"]["abs_rel"]["larger_seed_std"]:.3f}, mIoU '
+        f'{v["oracle_beats_sim_only_by_3_std"]["miou"]["oracle_minus_sim_only"]:.3f} vs '
+        f'{3 * v["oracle_beats_sim_only_by_3_std"]["miou"]["larger_seed_std"]:.3f} ('
+        + ('ok' if v['oracle_beats_sim_only_by_3_std']['ok'] else 'FAILS') + ')',
+        'domain gap (sim_only mIoU sim - real) '
+        f'{v["domain_gap_miou_sim_minus_real"]["value"]:.3f} >= 0.05 ('
+        + ('ok' if v['domain_gap_miou_sim_minus_real']['ok'] else 'FAILS') + ')']) + '.')
+    return '\n'.join(lines) + '\n'
+
+
+def curves(out, rows, path, seeds):
+    """Plot AbsRel and mIoU on the monitor frames against the step for the curve rows."""
+    from training.figures import line_plot
+    series = {}
+    for name in rows:
+        by_step = {}
+        for seed in seeds:
+            csv = Path(out) / 'compare' / 'runs' / f'{name}_s{seed}' / 'logs' / 'monitor.csv'
+            if not csv.is_file():
+                continue
+            for line in csv.read_text().splitlines()[1:]:
+                stage, step, abs_rel, miou = line.split(',')
+                if abs_rel and miou:
+                    by_step.setdefault(int(step), []).append((float(abs_rel), float(miou)))
+        if by_step:
+            steps = sorted(by_step)
+            series[name] = (steps, [sum(v[0] for v in by_step[s]) / len(by_step[s])
+                                    for s in steps],
+                            [sum(v[1] for v in by_step[s]) / len(by_step[s]) for s in steps])
+    if not series:
+        return None
+    return line_plot(path, {n: (s[0], s[1]) for n, s in series.items()},
+                     {n: (s[0], s[2]) for n, s in series.items()},
+                     ('AbsRel (lower is better)', 'mIoU (higher is better)'),
+                     'training step (head-training stage)')
+
+
+def main(argv=None):
+    """Run the benchmark; exit 0 when it ran (validity is reported, not an exit status)."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    rows = [r for r in ROWS if args.rows is None or r[0] in args.rows]
+    for needed in BASELINES:
+        if needed not in [r[0] for r in rows]:
+            rows.insert(0, next(r for r in ROWS if r[0] == needed))
+    rows.sort(key=lambda r: [x[0] for x in ROWS].index(r[0]))
+    spec = dict(QUICK_DATA if args.quick else DATA)
+    if args.quick:
+        args.config = 'test'
+    t0 = time.perf_counter()
+    data_dir = make_data(args.out, spec)
+    report = run_rows(args, data_dir, rows)
+    runs, methods, gt_share = collect(report, rows)
+    gaps = gap_fractions(methods)
+    result = {
+        'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+        'machine': {'cpu': platform.processor() or platform.machine(),
+                    'cpu_count': os.cpu_count(), 'torch_threads': os.environ.get(
+                        'OMP_NUM_THREADS', 'default'), 'loadavg_start': os.getloadavg()[0]},
+        'config': args.config, 'data': spec, 'seeds': args.seeds,
+        'rows': {r[0]: {'method': r[1], 'overrides': r[2], 'what': r[3]} for r in rows},
+        'budget': _budget(args.config),
+        'runs': runs, 'methods': methods, 'gap_closed': gaps,
+        'gt_label_change_share': gt_share,
+        'validity': validity(methods), 'targets': targets(methods, gaps),
+        'total_s': time.perf_counter() - t0,
+    }
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    stem = 'bench_transfer_quick' if args.quick else 'bench_transfer'
+    best = result['targets'].get('best_adapted')
+    fig = curves(args.out, [n for n in ('sim_only', 'oracle', best) if n], results /
+                 f'{stem}_curves.png', args.seeds)
+    result['curves_png'] = str(fig) if fig else None
+    (results / f'{stem}.json').write_text(json.dumps(result, indent=1, default=str))
+    (results / f'{stem}.md').write_text(markdown(result))
+    print(markdown(result))
+    print('targets:', json.dumps(result['targets'], default=str))
+    print(f'wrote {results / (stem + ".json")} ({result["total_s"] / 60:.1f} min)')
+    return 0
+
+
+def _budget(config):
+    from sim2real_perception.config import load_config
+    t = load_config(config)['train']
+    return {k: t[k] for k in ('batch_size', 'stage1_steps', 'stage2_steps', 'supervised_steps',
+                              'lr')}
+
+
+if __name__ == '__main__':
+    sys.exit(main())
