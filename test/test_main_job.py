@@ -132,3 +132,53 @@ def test_help_lists_every_option():
     args = main_job.resolve_args(['--quick', '--real-frames', '20'])
     assert (args.config, args.real_frames, args.sim_frames) == ('test', 20, 8)
     assert main_job.resolve_args([]).config == 'cpu'
+
+
+def test_replay_step_leaves_a_bag_of_inputs_and_answers(first):
+    """The run's recording (replay/outputs_bag) read back: what the replay scored, per frame."""
+    from rosbags.rosbag2 import Reader
+    from training import bag_format as bf
+    from training.data.ros_images import raw_array
+    from training.metrics import DepthMetrics, SegMetrics
+    from sim2real_perception.labels import IGNORE_INDEX, NUM_CLASSES
+    workdir = first[0]
+    replayed = json.loads((workdir / 'replay' / 'replay.json').read_text())
+    bag = workdir / 'replay' / main_job.OUTPUTS_BAG
+    assert replayed['recording']['bag'] == str(bag)
+    ts = bf.typestore()
+    msgs = {}
+    with Reader(bag) as reader:
+        for conn, _, raw in reader.messages():
+            msgs.setdefault(conn.topic, []).append(ts.deserialize_cdr(raw, conn.msgtype))
+    assert {t: len(m) for t, m in msgs.items()} == replayed['recording']['messages']
+    n = replayed['frames_answered']
+    for topic in ('/camera/image_raw', '/depth', '/segmentation', '/segmentation_color'):
+        assert len(msgs[topic]) == n, topic
+    assert len(msgs['/camera/camera_info']) == n
+    assert n - 1 <= len(msgs['/depth/camera_info']) <= n
+
+    def key(m):
+        return m.header.stamp.sec, m.header.stamp.nanosec
+
+    gt = {}
+    with Reader(workdir / 'eval_bag') as reader:
+        for conn, _, raw in reader.messages():
+            if conn.topic in (bf.GT_DEPTH_TOPIC, bf.GT_LABELS_TOPIC):
+                msg = ts.deserialize_cdr(raw, conn.msgtype)
+                gt[conn.topic, key(msg)] = msg
+    opts = replayed['options']
+    depth = DepthMetrics(min_depth=opts['min_depth'], max_depth=opts['max_depth'],
+                         garg_crop=opts['garg_crop'], median_scaling=opts['median_scaling'])
+    seg = SegMetrics(num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX)
+    from training.data.ros_images import decode
+    answers = {t: {key(m): m for m in msgs[t]} for t in ('/depth', '/segmentation')}
+    for image in msgs['/camera/image_raw']:
+        k = key(image)
+        assert answers['/depth'][k].header.frame_id == image.header.frame_id
+        depth.update(raw_array(answers['/depth'][k]),
+                     decode(gt[bf.GT_DEPTH_TOPIC, k], 'depth'))
+        seg.update(raw_array(answers['/segmentation'][k]),
+                   decode(gt[bf.GT_LABELS_TOPIC, k], 'labels'))
+    for section, computed in (('depth', depth.compute()), ('segmentation', seg.compute())):
+        for name in (main_job.DEPTH_KEYS if section == 'depth' else main_job.SEG_KEYS):
+            assert computed[name] == pytest.approx(replayed[section][name], rel=1e-6), name

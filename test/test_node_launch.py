@@ -7,6 +7,7 @@ same ``node_command`` helper, and the docstring's example is checked against it.
 import importlib.util
 import py_compile
 import re
+import types
 
 import pytest
 
@@ -75,8 +76,49 @@ def test_profile_is_set_unless_the_user_chose_one(launch_module, repo_root):
     env = {}
     assert 'applied' in dds.apply_default_profile(env) and env[dds.ENV_VAR] == str(profile)
     env = {dds.ENV_VAR: '/mine.xml'}
-    assert 'user setting kept' in dds.apply_default_profile(env)
+    assert 'set in the environment, kept' in dds.apply_default_profile(env)
     assert env == {dds.ENV_VAR: '/mine.xml'}
+
+
+def test_the_profile_the_launch_file_sets_is_not_logged_as_a_user_setting(launch_module,
+                                                                         repo_root, tmp_path):
+    # Under launch the node finds the variable already set, by the launch file itself.
+    shipped = repo_root / 'config' / dds.PROFILE_FILE
+    installed = tmp_path / 'share' / 'sim2real_perception' / 'config' / dds.PROFILE_FILE
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(shipped.read_bytes())  # the install space's copy
+    for profile in (shipped, installed):
+        env = launch_module.profile_environment({}, profile)
+        note = dds.apply_default_profile(env)
+        assert 'user' not in note and 'shipped large shared-memory profile' in note, note
+        assert str(profile) in note
+    mine = tmp_path / 'mine.xml'
+    mine.write_text('<profiles/>')
+    note = dds.apply_default_profile({dds.ENV_VAR: str(mine)})
+    assert 'not the shipped' in note and str(mine) in note
+
+
+def test_a_params_file_that_is_not_a_file_stops_the_launch_naming_it(launch_module,
+                                                                     tmp_path):
+    missing = tmp_path / 'nonexistent.yaml'
+    context = types.SimpleNamespace(launch_configurations={'params_file': str(missing)})
+    with pytest.raises(FileNotFoundError, match=f'params file not found: {missing}'):
+        launch_module._launch_setup(context)  # before anything needs ROS 2 launch
+    present = tmp_path / 'p.yaml'
+    present.write_text('{}')
+    assert launch_module.check_params_file(str(present)) == str(present)
+
+
+def test_node_output_has_colour_codes_only_on_a_terminal(launch_module, repo_root):
+    redirected = launch_module.output_options(False)
+    assert redirected['emulate_tty'] is False
+    assert redirected['additional_env']['RCUTILS_COLORIZED_OUTPUT'] == '0'
+    assert redirected['additional_env']['PYTHONUNBUFFERED'] == '1'  # still line by line
+    terminal = launch_module.output_options(True)
+    assert terminal['emulate_tty'] is True
+    assert 'RCUTILS_COLORIZED_OUTPUT' not in terminal['additional_env']
+    text = (repo_root / LAUNCH_FILE).read_text()
+    assert 'emulate_tty=True' not in text and 'output_options(sys.stdout.isatty())' in text
 
 
 def test_description_builds_where_ros2_launch_is_installed(launch_module):

@@ -150,6 +150,8 @@ def camera_main(argv=None):
                         help='publish reliable (default: best effort, like sensor drivers)')
     parser.add_argument('--wait', type=float, default=30.0,
                         help='seconds to wait for a subscriber before giving up')
+    parser.add_argument('--first-stamp', type=int, default=1000,
+                        help='header.stamp.sec of the first frame (then +1 per frame)')
     args = parser.parse_args(argv)
     rclpy.init()
     node = rclpy.create_node('test_camera')
@@ -164,8 +166,10 @@ def camera_main(argv=None):
     rgb = test_image(args.width, args.height)
     for i in range(args.count):
         msg = array_to_imgmsg(rgb, 'rgb8')
-        msg.header.stamp.sec, msg.header.frame_id = 1000 + i, 'camera_optical_frame'
+        msg.header.stamp.sec, msg.header.frame_id = args.first_stamp + i, 'camera_optical_frame'
         pub.publish(msg)
+        if i == 0:  # wall clock, so another process can time the answers
+            print(f'first frame published at {time.time():.6f}', flush=True)
         time.sleep(args.period)
     print(f'published {args.count} {args.width}x{args.height} rgb8 frames on {pub.topic_name}')
     node.destroy_node()

@@ -194,3 +194,34 @@ def test_variant_is_served_by_the_node(context, variant_dirs, name):
     finally:
         harness.close()
         node.destroy_node()
+
+
+def test_gradient_reversal_flips_the_sign():
+    from training.critic import reverse_grad
+    x = torch.ones(3, requires_grad=True)
+    (reverse_grad(x, 0.5) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert x.grad.tolist() == [-0.5, -1.0, -1.5]
+
+
+def test_stage2_sim_input_and_critic_train_the_real_encoder():
+    from training.critic import critic_channels, critic_scale, FeatureCritic
+    cfg = model_cfg(skips='shared', shared_layers=8)
+    torch.manual_seed(0)
+    net = TwinVAE(cfg).train()
+    net.add_module('critic', FeatureCritic(critic_channels(cfg)))
+    assert critic_scale(cfg) == 2 and critic_channels(cfg) == cfg.pack_channels[0]
+    x_r, x_s = torch.rand(2, 3, 128, 128) * 2 - 1, torch.rand(2, 3, 128, 128) * 2 - 1
+    batch = {'image': x_s, 'depth': torch.rand(2, 1, 128, 128) * 50 + 1,
+             'labels': torch.randint(0, 12, (2, 128, 128))}
+    terms, images = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim')
+    assert images['sim_to_real'] is x_s          # E_R read the sim frame itself
+    assert terms['s2_adv'].item() > 0
+    terms['s2_adv'].backward()
+    stem_r = net.enc_real.layers[0][0].weight.grad
+    assert stem_r is not None and float(stem_r.abs().sum()) > 0   # alignment reaches E_R
+    assert all(p.grad is not None for p in net.critic.parameters())
+    with pytest.raises(ValueError, match='stage2_real_input'):
+        losses.stage2_terms(net, batch, x_r, cfg, real_input='both')
+    plain = TwinVAE(cfg)
+    zero, _ = losses.stage2_terms(plain, batch, x_r, cfg)
+    assert float(zero['s2_adv']) == 0.0           # no critic: the paper's stage 2

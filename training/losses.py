@@ -48,6 +48,7 @@ STAGE2_TERMS = {
     'depth_real': "eq 16: depth MSE of G_D(E_R(x'_R))",
     'ce_sim': 'eq 18: cross entropy of G_I(E_S(x_S))',
     'ce_real': "eq 19: cross entropy of G_I(E_R(x'_R))",
+    's2_adv': 'beyond the paper: adversarial alignment of shared real/sim features (critic)',
 }
 #: Baselines (sim_only, oracle): one encoder + the two heads on one labelled domain.
 SUPERVISED_TERMS = {
@@ -204,21 +205,32 @@ def stage1_terms(net, x_real, x_sim, gamma_scale=1.0, mmd_on='mu'):
     return terms, images
 
 
+#: What the real encoder reads in eqs 11, 13, 16 and 19: the paper's translation
+#: x'_R = G_R(z_S), or the (appearance-randomised) sim frame itself.
+REAL_INPUTS = ('translated', 'sim')
+
+
 def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
-                 sky_as_far=True):
+                 sky_as_far=True, real_input='translated'):
     """Compute the stage-2 terms (eqs 11-20) for paired sim and unpaired real images.
 
     x'_R = G_R(z_S), z'_R = E_R(x'_R); x'_S = G_S(z_R), z'_S = E_S(x'_S). Depth and
     segmentation are supervised on G_D/G_I(E_S(x_S)) and G_D/G_I(E_R(x'_R)) with the sim
-    ground truth (x'_R is x_S rendered in the real style, pixel-aligned with it).
+    ground truth (x'_R is x_S rendered in the real style, pixel-aligned with it). With
+    ``real_input='sim'`` (beyond the paper) x'_R is x_S itself.
     """
     x_sim = sim_batch['image']
     depth, labels = sim_batch['depth'], sim_batch['labels']
     has_d, has_l = sim_batch.get('has_depth'), sim_batch.get('has_labels')
+    if real_input not in REAL_INPUTS:
+        raise ValueError(f'train.stage2_real_input={real_input!r} not in {REAL_INPUTS}')
     mu_s, z_s, f_s = net.encode_skips(x_sim, 'sim')
-    x_r_fake = net.decode(z_s, 'real')
+    # At a small budget G_R(z_S) is a blur of the scene (everything passes a 2x4 latent),
+    # so 'sim' feeds the sim frame itself to E_R: the heads learn the real encoder's path
+    # on aligned pixels, and the latent terms and the critic do the aligning.
+    x_r_fake = net.decode(z_s, 'real') if real_input == 'translated' else x_sim
     mu_r_fake, z_r_fake, f_r_fake = net.encode_skips(x_r_fake, 'real')
-    mu_r, z_r = net.encode(x_real, 'real')
+    mu_r, z_r, f_r = net.encode_skips(x_real, 'real')
     x_s_fake = net.decode(z_r, 'sim')
     mu_s_fake, z_s_fake = net.encode(x_s_fake, 'sim')
     pick = (lambda mu, z: mu) if mmd_on == 'mu' else (lambda mu, z: z)
@@ -233,10 +245,23 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
         'depth_real': depth_loss(d_real, depth, model_cfg, labels, has_d, sky_as_far),
         'ce_sim': seg_loss(s_sim, labels, has_l),
         'ce_real': seg_loss(s_real, labels, has_l),
+        's2_adv': _critic_term(net, model_cfg, (mu_s, f_s), (mu_r, f_r)),
     }
     images = {'sim': x_sim, 'sim_to_real': x_r_fake, 'depth_pred': d_sim, 'seg_pred': s_sim,
               'depth': depth, 'labels': labels}
     return terms, images
+
+
+def _critic_term(net, model_cfg, sim, real):
+    """The critic's loss on (latent, skips) of sim and real images; 0 without a critic."""
+    critic = getattr(net, 'critic', None)
+    if critic is None:
+        return _zero_like(sim[0])
+    from .critic import adversarial_loss, critic_scale
+    scale = critic_scale(model_cfg)
+    if scale is None:
+        return adversarial_loss(critic, sim[0], real[0])
+    return adversarial_loss(critic, sim[1][scale], real[1][scale])
 
 
 def supervised_terms(net, batch, model_cfg, sky_as_far=True):

@@ -13,7 +13,8 @@ Steps, each a separate tool run with its output streamed and logged under WORKDI
 6. the same with ONNX Runtime (the node's backend)
 7. write the same eval frames to an mcap rosbag2 (``training.make_bag``)
 8. start ``depth_seg_node`` as its own process with ``config/depth_seg.yaml``, replay the
-   bag through it in lock-step (``training.replay``), stop the node
+   bag through it in lock-step (``training.replay``, recording what went in and came back
+   to ``replay/outputs_bag``, an mcap rosbag2 for Foxglove / RViz), stop the node
 9. print one report: offline vs replay metrics (same model, same frames: they must agree),
    twin-VAE vs sim-only, latency and rate, total time, where the figures are
 
@@ -36,6 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 NODE_PARAMS = REPO / 'config' / 'depth_seg.yaml'
 IMAGE_TOPIC = '/camera/image_raw'
 CAMERA_INFO_TOPIC = '/camera/camera_info'
+#: The replay step's recording (training.bag_recorder), under WORKDIR/replay/.
+OUTPUTS_BAG = 'outputs_bag'
 #: Relative difference up to which offline and replay metrics count as equal.
 AGREE_RTOL = 1e-5
 DEPTH_KEYS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3', 'n_pixels')
@@ -234,7 +237,8 @@ def live_replay(job, eval_cfg):
             labels_topic='/segmentation', timeout=60.0, idle=3.0,
             min_depth=float(eval_cfg['min_depth']), max_depth=float(eval_cfg['max_depth']),
             garg_crop=bool(eval_cfg['garg_crop']),
-            median_scaling=bool(eval_cfg['median_scaling']), out=str(out))
+            median_scaling=bool(eval_cfg['median_scaling']), out=str(out),
+            record=str(out / OUTPUTS_BAG))
         report = replay.run_replay(opts)
     finally:
         code = stop_node(proc)
@@ -438,7 +442,7 @@ def run(args):
         'write the eval frames to an mcap rosbag2', outputs=[job.bag])
     eval_cfg = evals['onnxruntime']['eval']
     key = json.dumps({'model': str(job.export('twin_vae')), 'bag': str(job.bag),
-                      'params': str(NODE_PARAMS)})
+                      'params': str(NODE_PARAMS), 'record': OUTPUTS_BAG})
     rep = pipe.step('replay', key, 'depth_seg_node process + lock-step bag replay',
                     lambda: live_replay(job, eval_cfg), outputs=[job.work / 'replay'])
     pipe._announce('report', 'offline vs replay')

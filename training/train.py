@@ -50,12 +50,13 @@ class NonFiniteLoss(RuntimeError):
 class StageLoss(nn.Module):
     """One stage's forward pass returning its loss terms (what DDP wraps)."""
 
-    def __init__(self, net, stage, model_cfg, loss_cfg):
+    def __init__(self, net, stage, model_cfg, loss_cfg, real_input='translated'):
         super().__init__()
         self.net, self.stage, self.model_cfg = net, stage, model_cfg
         self.gamma = float(loss_cfg['mmd_gamma_scale'])
         self.mmd_on = str(loss_cfg['mmd_on'])
         self.sky_as_far = bool(loss_cfg['sky_as_far'])
+        self.real_input = str(real_input)
 
     def forward(self, first, second=None):
         if self.stage == 'stage1':
@@ -63,7 +64,8 @@ class StageLoss(nn.Module):
                                        self.mmd_on)
         if self.stage == 'stage2':
             return losses.stage2_terms(self.net, first, second['image'], self.model_cfg,
-                                       self.gamma, self.mmd_on, self.sky_as_far)
+                                       self.gamma, self.mmd_on, self.sky_as_far,
+                                       self.real_input)
         return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far)
 
 
@@ -80,6 +82,17 @@ def stage_plan(method, stage):
             raise ValueError(f'--stage {stage} is for twin_vae; {method} has one stage (all)')
         return ['supervised']
     return {'1': ['stage1'], '2': ['stage2'], 'all': ['stage1', 'stage2']}[stage]
+
+
+def lr_at(train_cfg, step, total):
+    """Learning rate of step ``step`` (0-based) of ``total``: constant (paper) or cosine."""
+    base = float(train_cfg['lr'])
+    schedule = str(train_cfg.get('lr_schedule', 'constant'))
+    if schedule == 'constant':
+        return base
+    if schedule == 'cosine':
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+    raise ValueError(f'train.lr_schedule={schedule!r}: constant | cosine')
 
 
 def _seed_key(*parts):
@@ -107,7 +120,11 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         self.model_cfg = ModelConfig.from_dict(cfg['model'])
         torch.manual_seed(self.seed)
-        self.net = TwinVAE(self.model_cfg).to(self.device)
+        self.net = TwinVAE(self.model_cfg)
+        if method == 'twin_vae' and float(self.loss_cfg.get('s2_adv', 0.0)) > 0:
+            from .critic import critic_channels, FeatureCritic
+            self.net.add_module('critic', FeatureCritic(critic_channels(self.model_cfg)))
+        self.net = self.net.to(self.device)
         self.use_bf16 = bool(self.t['bf16']) and self.device.type == 'cuda'
         self.stop_signal = None
         self.last_good = None
@@ -163,6 +180,8 @@ class Trainer:
             return [net.enc_real, net.enc_sim, net.dec_real, net.dec_sim]
         if stage == 'stage2':
             mods = [net.dec_depth, net.dec_seg]
+            if getattr(net, 'critic', None) is not None:
+                mods.append(net.critic)
             if not self.t['stage2_freeze_encoders']:
                 mods += [net.enc_real, net.enc_sim]
             return mods
@@ -242,7 +261,8 @@ class Trainer:
             torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
         self.steps[stage] = total
         weights = {k: float(self.loss_cfg[k]) for k in self._term_names(stage)}
-        module = StageLoss(self.net, stage, self.model_cfg, self.loss_cfg)
+        module = StageLoss(self.net, stage, self.model_cfg, self.loss_cfg,
+                           self.t['stage2_real_input'])
         if self.world > 1:
             module = DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
@@ -292,6 +312,8 @@ class Trainer:
                         f'{self.last_good or "none"}')
             opt.zero_grad(set_to_none=True)
             total_loss.backward()
+            for group in opt.param_groups:   # a function of the step: resume-exact
+                group['lr'] = lr_at(self.t, step, total)
             if clip > 0:
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups
                                                 for p in g['params']], clip)
