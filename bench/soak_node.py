@@ -252,6 +252,8 @@ def soak(args, model_dir, log_path):
 def build_parser():
     """Return the CLI parser."""
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                epilog='Exit status 0 when every target is met, 1 otherwise. '
+                                       'Docs: docs/benchmarks.md#soak',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--minutes', type=int, default=10, help='soak duration in minutes')
     p.add_argument('--rate', type=float, default=30.0, help='camera frame rate, Hz')

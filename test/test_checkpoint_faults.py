@@ -39,7 +39,7 @@ def trained_net(seed):
 
 
 def saved_state(net, opt):
-    """The tensors a checkpoint of ``(net, opt)`` must give back, by name."""
+    """Return the tensors a checkpoint of ``(net, opt)`` must give back, by name."""
     state = {f'net.{k}': v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     for i, s in opt.state_dict()['state'].items():
         state[f'opt.{i}'] = s['exp_avg'].clone().contiguous()
@@ -63,7 +63,7 @@ def assert_same(a, b):
 
 
 def half_then(fault):
-    """A ``_put`` that writes half of the file, then calls ``fault()`` at the chosen write."""
+    """Return a ``_put`` that writes half a file, then calls ``fault()``, at ``fault.at``."""
     real = checkpoint._put
     calls = []
 

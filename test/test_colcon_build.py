@@ -27,7 +27,7 @@ IGNORE = shutil.ignore_patterns('.git', '.venv', 'outputs', '__pycache__', '*.eg
 
 
 def colcon_env(tmp):
-    """The environment of a user's shell: no workspace sourced, bytecode compiled."""
+    """Return the environment of a user's shell: no workspace sourced, bytecode compiled."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(('COLCON_', 'AMENT_', 'PYTHONDONTWRITEBYTECODE'))}
     env.pop('PYTHONPATH', None)

@@ -117,3 +117,23 @@ def test_variant_rows_and_train_command(tmp_path):
     assert (args.config, args.method, args.seed, args.run_dir) == ('cpu', 'oracle', 2,
                                                                    str(tmp_path))
     assert args.resume and args.no_progress and args.overrides == [['a.b=1', 'c=2']]
+
+
+def test_a_twin_vae_setting_does_not_make_baseline_runs_stale(tmp_path):
+    from training.compare import _differences, relevant_request
+    old = run_request('test', 'sim_only', 0, [])
+    new = run_request('test', 'sim_only', 0, ['train.stage2_steps=99', 'loss.s2_adv=0.5'])
+    assert _differences(relevant_request(old), relevant_request(new)) == []
+    twin_old = run_request('test', 'twin_vae', 0, [])
+    twin_new = run_request('test', 'twin_vae', 0, ['train.stage2_steps=99'])
+    assert _differences(relevant_request(twin_old), relevant_request(twin_new)) == [
+        'config.train.stage2_steps']
+    # What sim_only does read still counts.
+    aug = run_request('test', 'sim_only', 0, ['data.sim.appearance_aug=0.5'])
+    assert _differences(relevant_request(old), relevant_request(aug)) == [
+        'config.data.sim.appearance_aug']
+    # A key added to defaults.yaml after a run was trained: equal when it is the default.
+    del old['config']['train']['lr_schedule']
+    assert _differences(old, run_request('test', 'sim_only', 0, [])) == []
+    assert _differences(old, run_request('test', 'sim_only', 0, [
+        'train.lr_schedule=cosine'])) == ['config.train.lr_schedule']

@@ -11,8 +11,9 @@ import pytest
 from training import main_job
 from training.steps import Pipeline, StepFailed
 
-STEPS = ('data', 'train_twin_vae', 'train_sim_only', 'onnx_twin_vae', 'onnx_sim_only',
-         'evaluate_torch', 'evaluate_onnxruntime', 'make_bag', 'replay')
+STEPS = ('data', 'train_twin_vae', 'train_sim_only', 'train_mean_prior', 'onnx_twin_vae',
+         'onnx_sim_only', 'onnx_mean_prior', 'evaluate_torch', 'evaluate_onnxruntime',
+         'make_bag', 'replay')
 
 
 def run_job(repo_root, workdir):
@@ -36,11 +37,16 @@ def test_quick_run_report(first):
     workdir, proc, _ = first
     out = proc.stdout
     for i, name in enumerate(STEPS + ('report',), start=1):
-        assert f'[main_job {i}/10] {name}:' in out
+        assert f'[main_job {i}/{len(STEPS) + 1}] {name}:' in out
     assert '-> AGREE' in out and 'exit code 0 (clean)' in out
     report = json.loads((workdir / 'report.json').read_text())
     offline = report['offline']
-    assert set(offline) == {'twin_vae', 'sim_only'}
+    assert set(offline) == {'twin_vae', 'sim_only', 'mean_prior'}
+    # The floor predicts one map for every frame; the report says how much each follows.
+    assert offline['mean_prior']['segmentation']['label_change_share'] == 0.0
+    assert 0 < offline['twin_vae']['segmentation']['gt_label_change_share'] < 1
+    assert 'twin_vae vs mean_prior:' in out and 'twin_vae vs sim_only:' in out
+    assert 'LblChg' in out and 'ground truth' in out
     for result in list(offline.values()) + [report['replay']]:
         assert math.isfinite(result['depth']['abs_rel']) and result['depth']['n_pixels'] > 0
         assert math.isfinite(result['segmentation']['miou'])

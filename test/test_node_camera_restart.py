@@ -91,4 +91,4 @@ def test_node_answers_a_restarted_camera_within_2_s(start_node, model_dir, conte
             cam.wait()
             cam.log.close()
         h.close()
-    assert node.stop() == 0, node.output()
+    assert node.stop(timeout=60.0) == 0, node.output()  # a clean Ctrl-C exit

@@ -80,8 +80,8 @@ def test_profile_is_set_unless_the_user_chose_one(launch_module, repo_root):
     assert env == {dds.ENV_VAR: '/mine.xml'}
 
 
-def test_the_profile_the_launch_file_sets_is_not_logged_as_a_user_setting(launch_module,
-                                                                         repo_root, tmp_path):
+def test_the_profile_the_launch_file_sets_is_not_logged_as_a_user_setting(
+        launch_module, repo_root, tmp_path):
     # Under launch the node finds the variable already set, by the launch file itself.
     shipped = repo_root / 'config' / dds.PROFILE_FILE
     installed = tmp_path / 'share' / 'sim2real_perception' / 'config' / dds.PROFILE_FILE

@@ -6,6 +6,7 @@ so these tests run exactly what the launch file starts. A camera process publish
 NaN-producing model and broken model files check the failure behaviour from outside.
 """
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -203,7 +204,10 @@ def test_nan_weights_are_counted_published_as_nan_and_serving_goes_on(
         start_node, model_dir, context, tmp_path):
     broken = tmp_path / 'nan_model'
     broken.mkdir()
-    (broken / 'config.json').write_bytes((model_dir / 'config.json').read_bytes())
+    # Hand-edited weights: the config must not name the original ones (weights_sha256).
+    config = json.loads((model_dir / 'config.json').read_text())
+    config.pop('weights_sha256')
+    (broken / 'config.json').write_text(json.dumps(config))
     state = load_file(str(model_dir / 'model.safetensors'))
     last_depth_bias = [k for k in state if k.startswith('dec_depth.')
                        and k.endswith('.bias')][-1]

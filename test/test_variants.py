@@ -224,4 +224,35 @@ def test_stage2_sim_input_and_critic_train_the_real_encoder():
         losses.stage2_terms(net, batch, x_r, cfg, real_input='both')
     plain = TwinVAE(cfg)
     zero, _ = losses.stage2_terms(plain, batch, x_r, cfg)
-    assert float(zero['s2_adv']) == 0.0           # no critic: the paper's stage 2
+    assert zero['s2_adv'].item() == 0.0           # no critic: the paper's stage 2
+
+
+def test_lean_stage2_skips_the_sim_encoder_heads_and_costs_less():
+    cfg = model_cfg(skips='shared', shared_layers=8)
+    torch.manual_seed(0)
+    net = TwinVAE(cfg).train()
+    x_r, x_s = torch.rand(2, 3, 128, 128) * 2 - 1, torch.rand(2, 3, 128, 128) * 2 - 1
+    batch = {'image': x_s, 'depth': torch.rand(2, 1, 128, 128) * 50 + 1,
+             'labels': torch.randint(0, 12, (2, 128, 128))}
+    calls = []
+    hook = net.dec_seg.register_forward_hook(lambda *a: calls.append('seg'))
+    full, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim')
+    n_full, calls[:] = len(calls), []
+    lean, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim', lean=True)
+    hook.remove()
+    assert (n_full, len(calls)) == (2, 1)   # the E_S segmentation head is not run
+    assert list(lean) == list(losses.STAGE2_TERMS) == list(full)
+    for name in ('s2_mmd_r2s', 'depth_sim', 'ce_sim'):
+        assert lean[name].item() == 0.0 and full[name].item() != 0.0
+    assert lean['ce_real'].item() > 0
+    sum(lean.values()).backward()           # the zeros stay in the graph
+
+
+def test_cosine_lr_decays_to_zero_and_constant_is_the_paper():
+    from training.train import lr_at
+    cos = {'lr': 2.0, 'lr_schedule': 'cosine'}
+    assert lr_at(cos, 0, 10) == 2.0 and lr_at(cos, 5, 10) == pytest.approx(1.0)
+    assert lr_at(cos, 10, 10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at({'lr': 2.0, 'lr_schedule': 'constant'}, 7, 10) == 2.0
+    with pytest.raises(ValueError, match='lr_schedule'):
+        lr_at({'lr': 1.0, 'lr_schedule': 'step'}, 0, 10)

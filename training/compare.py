@@ -84,13 +84,64 @@ def run_request(config, method, seed, overrides):
     return {'method': method, 'seed': int(seed), 'config': json_safe(cfg)}
 
 
+_STAGE_KEYS = ('train.stage1_epochs', 'train.stage2_epochs', 'train.stage1_steps',
+               'train.stage2_steps', 'train.stage2_freeze_encoders', 'train.stage2_real_input',
+               'train.stage2_lean', 'loss.mmd_gamma_scale', 'loss.mmd_on') + tuple(
+    f'loss.{k}' for k in ('kl_real', 'kl_sim', 'recon_real', 'recon_sim', 'mmd_real',
+                          'mmd_sim', 'cycle_real', 'cycle_sim', 's2_kl_real', 's2_kl_sim',
+                          's2_mmd_s2r', 's2_mmd_r2s', 'depth_sim', 'depth_real', 'ce_sim',
+                          'ce_real', 's2_adv'))
+_SUPERVISED_KEYS = ('train.supervised_epochs', 'train.supervised_steps', 'loss.depth',
+                    'loss.ce', 'train.bn_recalibrate_baselines')
+#: Config keys a method never reads: editing them (say, a twin-VAE setting of the preset)
+#: does not make that method's finished runs stale.
+UNUSED_KEYS = {
+    'twin_vae': _SUPERVISED_KEYS,
+    'sim_only': _STAGE_KEYS + ('data.real', 'data.eval'),
+    'oracle': _STAGE_KEYS + ('data.real', 'data.sim'),
+    'mean_prior': _STAGE_KEYS + _SUPERVISED_KEYS + ('data.real', 'data.eval', 'loss', 'train'),
+}
+
+
+def relevant_request(request):
+    """Return ``request`` without the config keys its method never reads."""
+    out = json.loads(json.dumps(request))
+    for dotted in UNUSED_KEYS.get(out.get('method'), ()):
+        *parents, last = dotted.split('.')
+        node = out.get('config', {})
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+def _default(path):
+    """The defaults.yaml value at a dotted ``config.`` path (KeyError if there is none)."""
+    node = load_config(None)
+    for key in path.split('.')[1:]:
+        node = node[key]
+    return node
+
+
 def _differences(old, new, prefix=''):
-    """List the dotted keys whose values differ between two nested dicts."""
+    """List the dotted keys whose values differ between two nested dicts.
+
+    A key only ``new`` has counts as equal when its value is the default: a key added to
+    ``config/defaults.yaml`` after a run was trained changes nothing for that run.
+    """
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return [] if old == new else [prefix.rstrip('.') or '(all)']
     out = []
     for key in sorted(set(old) | set(new), key=str):
-        out += _differences(old.get(key), new.get(key), f'{prefix}{key}.')
+        path = f'{prefix}{key}'
+        if key not in old and prefix.startswith('config.'):
+            try:
+                if json_safe(_default(path)) == new[key]:
+                    continue
+            except (KeyError, TypeError):
+                pass
+        out += _differences(old.get(key), new.get(key), f'{path}.')
     return out
 
 
@@ -108,8 +159,9 @@ def ensure_run(spec, config, run_dir, retrain=False, in_process=False):
         shutil.rmtree(run_dir)
     if record_path.is_file():
         old = json.loads(record_path.read_text())
-        if old.get('request') != request:
-            diff = _differences(old.get('request'), request)
+        diff = _differences(relevant_request(old.get('request') or {}),
+                            relevant_request(request))
+        if diff:
             raise CompareError(f'{run_dir} was trained with different settings ('
                                f'{", ".join(diff[:8])}); use another --out or --retrain')
         if (run_dir / 'export' / CONFIG_NAME).is_file() and old.get('done'):

@@ -211,13 +211,16 @@ REAL_INPUTS = ('translated', 'sim')
 
 
 def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
-                 sky_as_far=True, real_input='translated'):
+                 sky_as_far=True, real_input='translated', lean=False):
     """Compute the stage-2 terms (eqs 11-20) for paired sim and unpaired real images.
 
     x'_R = G_R(z_S), z'_R = E_R(x'_R); x'_S = G_S(z_R), z'_S = E_S(x'_S). Depth and
     segmentation are supervised on G_D/G_I(E_S(x_S)) and G_D/G_I(E_R(x'_R)) with the sim
     ground truth (x'_R is x_S rendered in the real style, pixel-aligned with it). With
-    ``real_input='sim'`` (beyond the paper) x'_R is x_S itself.
+    ``real_input='sim'`` (beyond the paper) x'_R is x_S itself. ``lean`` (beyond the
+    paper) skips what the deployed path never uses, the heads on E_S (eqs 15, 18) and the
+    x'_S path (eq 14): those terms are 0 and cost nothing. The critic, if any, compares the
+    real encoder's features of x'_R with those of x_R: what it trains on with what it sees.
     """
     x_sim = sim_batch['image']
     depth, labels = sim_batch['depth'], sim_batch['labels']
@@ -231,23 +234,31 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     x_r_fake = net.decode(z_s, 'real') if real_input == 'translated' else x_sim
     mu_r_fake, z_r_fake, f_r_fake = net.encode_skips(x_r_fake, 'real')
     mu_r, z_r, f_r = net.encode_skips(x_real, 'real')
-    x_s_fake = net.decode(z_r, 'sim')
-    mu_s_fake, z_s_fake = net.encode(x_s_fake, 'sim')
     pick = (lambda mu, z: mu) if mmd_on == 'mu' else (lambda mu, z: z)
-    d_sim, d_real = net.decode(z_s, 'depth', f_s), net.decode(z_r_fake, 'depth', f_r_fake)
-    s_sim, s_real = net.decode(z_s, 'seg', f_s), net.decode(z_r_fake, 'seg', f_r_fake)
+    d_real = net.decode(z_r_fake, 'depth', f_r_fake)
+    s_real = net.decode(z_r_fake, 'seg', f_r_fake)
     terms = {
         's2_kl_real': kl_unit(mu_r_fake),
         's2_kl_sim': kl_unit(mu_s),
         's2_mmd_s2r': mmd_two_sample(pick(mu_s, z_s), pick(mu_r_fake, z_r_fake), gamma_scale),
-        's2_mmd_r2s': mmd_two_sample(pick(mu_s_fake, z_s_fake), pick(mu_r, z_r), gamma_scale),
-        'depth_sim': depth_loss(d_sim, depth, model_cfg, labels, has_d, sky_as_far),
         'depth_real': depth_loss(d_real, depth, model_cfg, labels, has_d, sky_as_far),
-        'ce_sim': seg_loss(s_sim, labels, has_l),
         'ce_real': seg_loss(s_real, labels, has_l),
-        's2_adv': _critic_term(net, model_cfg, (mu_s, f_s), (mu_r, f_r)),
+        's2_adv': _critic_term(net, model_cfg, (mu_r_fake, f_r_fake), (mu_r, f_r)),
     }
-    images = {'sim': x_sim, 'sim_to_real': x_r_fake, 'depth_pred': d_sim, 'seg_pred': s_sim,
+    if lean:
+        zero = _zero_like(mu_s)
+        terms.update(s2_mmd_r2s=zero, depth_sim=zero, ce_sim=zero)
+        d_show, s_show = d_real, s_real
+    else:
+        x_s_fake = net.decode(z_r, 'sim')
+        mu_s_fake, z_s_fake = net.encode(x_s_fake, 'sim')
+        d_show, s_show = net.decode(z_s, 'depth', f_s), net.decode(z_s, 'seg', f_s)
+        terms.update(
+            s2_mmd_r2s=mmd_two_sample(pick(mu_s_fake, z_s_fake), pick(mu_r, z_r), gamma_scale),
+            depth_sim=depth_loss(d_show, depth, model_cfg, labels, has_d, sky_as_far),
+            ce_sim=seg_loss(s_show, labels, has_l))
+    terms = {k: terms[k] for k in STAGE2_TERMS}   # the documented order
+    images = {'sim': x_sim, 'sim_to_real': x_r_fake, 'depth_pred': d_show, 'seg_pred': s_show,
               'depth': depth, 'labels': labels}
     return terms, images
 

@@ -50,13 +50,14 @@ class NonFiniteLoss(RuntimeError):
 class StageLoss(nn.Module):
     """One stage's forward pass returning its loss terms (what DDP wraps)."""
 
-    def __init__(self, net, stage, model_cfg, loss_cfg, real_input='translated'):
+    def __init__(self, net, stage, model_cfg, loss_cfg, real_input='translated', lean=False):
         super().__init__()
         self.net, self.stage, self.model_cfg = net, stage, model_cfg
         self.gamma = float(loss_cfg['mmd_gamma_scale'])
         self.mmd_on = str(loss_cfg['mmd_on'])
         self.sky_as_far = bool(loss_cfg['sky_as_far'])
         self.real_input = str(real_input)
+        self.lean = bool(lean)
 
     def forward(self, first, second=None):
         if self.stage == 'stage1':
@@ -65,7 +66,7 @@ class StageLoss(nn.Module):
         if self.stage == 'stage2':
             return losses.stage2_terms(self.net, first, second['image'], self.model_cfg,
                                        self.gamma, self.mmd_on, self.sky_as_far,
-                                       self.real_input)
+                                       self.real_input, self.lean)
         return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far)
 
 
@@ -262,7 +263,7 @@ class Trainer:
         self.steps[stage] = total
         weights = {k: float(self.loss_cfg[k]) for k in self._term_names(stage)}
         module = StageLoss(self.net, stage, self.model_cfg, self.loss_cfg,
-                           self.t['stage2_real_input'])
+                           self.t['stage2_real_input'], self.t['stage2_lean'])
         if self.world > 1:
             module = DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
