@@ -256,3 +256,16 @@ def test_cosine_lr_decays_to_zero_and_constant_is_the_paper():
     assert lr_at({'lr': 2.0, 'lr_schedule': 'constant'}, 7, 10) == 2.0
     with pytest.raises(ValueError, match='lr_schedule'):
         lr_at({'lr': 1.0, 'lr_schedule': 'step'}, 0, 10)
+
+
+def test_the_inference_package_never_imports_training(repo_root):
+    """Two rooms, one door: a robot installs sim2real_perception without training/."""
+    import ast
+    offenders = []
+    for path in sorted((repo_root / 'sim2real_perception').rglob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ''] if isinstance(node, ast.ImportFrom) and not node.level \
+                else []
+            offenders += [f'{path.name}: {n}' for n in names if n.split('.')[0] == 'training']
+    assert offenders == []
