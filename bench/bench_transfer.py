@@ -1,4 +1,4 @@
-"""Transfer benchmark: does training on sim labels give depth and labels on real-style frames?
+"""Transfer benchmark: how much of the sim-to-real gap does each method close.
 
 ``python bench/bench_transfer.py`` generates one fixed procedural dataset (sim: Virtual
 KITTI 2 tree; real-style: KITTI tree with a photo look), then trains and scores every row of
@@ -171,7 +171,7 @@ def _s(methods, name, metric, split='real'):
 
 
 def gap_fractions(methods):
-    """(method - sim_only) / (oracle - sim_only) per row on AbsRel and mIoU (real split)."""
+    """Return (row - sim_only) / (oracle - sim_only) on AbsRel and mIoU (real split)."""
     out = {}
     for name in methods:
         if name in ('sim_only', 'oracle'):
@@ -186,7 +186,7 @@ def gap_fractions(methods):
 
 
 def validity(methods):
-    """The three checks that make the benchmark an instrument (issue 10)."""
+    """Run the three checks that make the benchmark an instrument (issue 10)."""
     learned = [n for n in methods if n != 'mean_prior']
     floor = {n: {'abs_rel': _m(methods, n, 'abs_rel') < _m(methods, 'mean_prior', 'abs_rel'),
                  'miou': _m(methods, n, 'miou') > _m(methods, 'mean_prior', 'miou')}
@@ -209,7 +209,7 @@ def validity(methods):
 
 
 def targets(methods, gaps):
-    """Issue 10's targets with their figures (reported, not asserted)."""
+    """Return issue 10's targets with their figures (reported, not asserted)."""
     adapted = [n for n in methods if n not in BASELINES]
     best, best_score = None, -math.inf
     for name in adapted:
@@ -233,7 +233,7 @@ def targets(methods, gaps):
 
 
 def markdown(result):
-    """The README / docs table: real-style split, mean ± std over seeds, gap fractions."""
+    """Return the docs table: real-style split, mean ± std over seeds, gap fractions."""
     def cell(stat, digits=3):
         if not (isinstance(stat['mean'], float) and math.isfinite(stat['mean'])):
             return '-'

@@ -28,7 +28,7 @@ SKY = losses.SKY_CLASS
 
 
 def item(depth, labels):
-    """A FrameDataset-style sample from small numpy maps (1 x H x W depth, H x W labels)."""
+    """Return a FrameDataset-style sample from small maps (1 x H x W depth, H x W labels)."""
     return {'depth': torch.tensor(depth, dtype=torch.float32)[None],
             'labels': torch.tensor(labels, dtype=torch.long),
             'has_depth': True, 'has_labels': True}

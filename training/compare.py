@@ -117,7 +117,7 @@ def relevant_request(request):
 
 
 def _default(path):
-    """The defaults.yaml value at a dotted ``config.`` path (KeyError if there is none)."""
+    """Return the defaults.yaml value at a dotted ``config.`` path (KeyError if none)."""
     node = load_config(None)
     for key in path.split('.')[1:]:
         node = node[key]

@@ -44,13 +44,13 @@ class FeatureCritic(nn.Module):
 
 
 def critic_scale(model_cfg):
-    """The scale the critic watches: the finest skip source (the first shared layer)."""
+    """Return the scale the critic watches: the finest skip source (first shared layer)."""
     sources = model_cfg.skip_sources()
     return min(sources) if sources else None
 
 
 def critic_channels(model_cfg):
-    """Channels of the features at ``critic_scale``, or of the latent without skips."""
+    """Return the channels at ``critic_scale``, or the latent's without skips."""
     scale = critic_scale(model_cfg)
     return model_cfg.latent_channels if scale is None else model_cfg.skip_sources()[scale][1]
 

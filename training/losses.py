@@ -264,7 +264,7 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
 
 
 def _critic_term(net, model_cfg, sim, real):
-    """The critic's loss on (latent, skips) of sim and real images; 0 without a critic."""
+    """Return the critic's loss on (latent, skips) of sim and real; 0 without a critic."""
     critic = getattr(net, 'critic', None)
     if critic is None:
         return _zero_like(sim[0])

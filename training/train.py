@@ -511,7 +511,7 @@ class Trainer:
         return summary
 
     def fit_prior(self):
-        """The ``mean_prior`` floor: no training, per-pixel statistics of the sim frames."""
+        """Fit the ``mean_prior`` floor: no training, per-pixel statistics of the sim frames."""
         from .mean_prior import fit_and_export
         export = self.run_dir / 'export'
         summary = {'method': self.method, 'seed': self.seed, 'stages': ['prior'],
