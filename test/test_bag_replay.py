@@ -28,7 +28,7 @@ from training import make_bag, replay
 from training.data import iter_frames
 from training.data.make_procedural import generate
 from training.evaluate import evaluate_model
-from training.metrics import DepthMetrics, SegMetrics
+from training.metrics import DepthMetrics, LabelVariation, SegMetrics
 
 NS = '/bagtest'
 N_FRAMES = 6
@@ -98,13 +98,17 @@ def offline_metrics(work):
     cfg, split = data_cfg(work)
     predictor = Predictor.from_path(work['model'], backend='torch', device='cpu')
     depth, seg = DepthMetrics(), SegMetrics()
+    follow, gt_follow = LabelVariation(), LabelVariation()
     n = 0
     for frame in iter_frames(cfg, split=split):
         pred = predictor.predict(frame['image'])
         depth.update(pred.depth, frame['depth'])
         seg.update(pred.labels, frame['labels'])
+        follow.update(pred.labels)
+        gt_follow.update(frame['labels'])
         n += 1
-    return n, depth.compute(), seg.compute()
+    return n, depth.compute(), {**seg.compute(), 'label_change_share': follow.compute(),
+                                'gt_label_change_share': gt_follow.compute()}
 
 
 def assert_same(a, b, path=''):

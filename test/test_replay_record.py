@@ -19,7 +19,7 @@ from training import bag_format as bf
 from training import replay
 from training.bag_recorder import ROLES
 from training.data.ros_images import decode, raw_array
-from training.metrics import DepthMetrics, SegMetrics
+from training.metrics import DepthMetrics, LabelVariation, SegMetrics
 
 NS = f'/bagrec{os.getpid()}'
 
@@ -105,9 +105,13 @@ def test_recorded_bag_holds_inputs_and_answers_and_scores_like_the_replay(bags, 
     gt = ground_truth(bags['mcap'])
     depth = DepthMetrics(min_depth=1e-3, max_depth=80.0)
     seg = SegMetrics(num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX)
+    follow, gt_follow = LabelVariation(NUM_CLASSES), LabelVariation(NUM_CLASSES)
     for s in order:
         depth.update(raw_array(answers['depth'][s]), gt['depth'][s])
         seg.update(raw_array(answers['segmentation'][s]), gt['labels'][s])
+        follow.update(raw_array(answers['segmentation'][s]))
+        gt_follow.update(gt['labels'][s])
     assert_same(depth.compute(), report['depth'])
-    assert_same(seg.compute(), report['segmentation'])
+    assert_same({**seg.compute(), 'label_change_share': follow.compute(),
+                 'gt_label_change_share': gt_follow.compute()}, report['segmentation'])
     assert 'recording' in replay.format_report(report)

@@ -312,6 +312,13 @@ class Collector:
                     f'depth_seg_node running with its input remapped there '
                     f'(-r image:={self.pub.topic_name})?')
             time.sleep(0.05)
+        # The node reads camera_info best-effort: a message sent before its reader matched
+        # ours is lost, and so is that frame's depth/camera_info. Wait for it (a node with
+        # publish_camera_info off never subscribes: then give up after a few seconds).
+        info_deadline = min(deadline, time.monotonic() + 5.0)
+        while self.info_pub is not None and self.info_pub.get_subscription_count() == 0 \
+                and time.monotonic() < info_deadline:
+            time.sleep(0.05)
         self.wait_for_answers(deadline - time.monotonic(), timeout)
 
     def wait_for_answers(self, remaining, timeout):
@@ -372,8 +379,11 @@ class Scorer:
     """
 
     def __init__(self, opts, bag, col=None):
-        from .metrics import DepthMetrics, SegMetrics
+        from .metrics import DepthMetrics, LabelVariation, SegMetrics
         self.opts, self.bag, self.col = opts, bag, col
+        # How much the answers follow the image, as training.evaluate reports it.
+        self.variation, self.gt_variation = LabelVariation(NUM_CLASSES), \
+            LabelVariation(NUM_CLASSES)
         self.depth = DepthMetrics(min_depth=opts.min_depth, max_depth=opts.max_depth,
                                   garg_crop=opts.garg_crop, median_scaling=opts.median_scaling)
         self.seg = SegMetrics(num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX)
@@ -429,7 +439,9 @@ class Scorer:
             self.n_depth += 1
         if gt_labels is not None:
             self.seg.update(labels, gt_labels)
+            self.gt_variation.update(gt_labels)
             self.n_seg += 1
+        self.variation.update(labels)
         if stamp in self.picks:
             self.kept[stamp] = (depth, labels)
         self.answered.append(stamp)
@@ -446,7 +458,10 @@ class Scorer:
         """Return the depth and segmentation metric dicts (None without ground truth)."""
         return {'depth': self.depth.compute() if self.n_depth else None,
                 'depth_frames': self.n_depth,
-                'segmentation': self.seg.compute() if self.n_seg else None,
+                'segmentation': {**self.seg.compute(),
+                                 'label_change_share': self.variation.compute(),
+                                 'gt_label_change_share': self.gt_variation.compute()}
+                if self.n_seg else None,
                 'segmentation_frames': self.n_seg}
 
 
