@@ -37,3 +37,13 @@ def context():
     rclpy.init(context=ctx)
     yield ctx
     rclpy.try_shutdown(context=ctx)
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+    """Write a tiny procedural dataset (8 + 8 frames at 128x128) for short real trainings."""
+    from training.data.make_procedural import generate
+    out = tmp_path_factory.mktemp('procedural')
+    generate(out, sim_frames=8, real_frames=8, height=128, width=128, seed=3,
+             frames_per_sequence=4, workers=1)
+    return out

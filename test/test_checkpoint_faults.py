@@ -169,15 +169,6 @@ sys.exit(train.main(sys.argv[4:]))
 '''
 
 
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-    from training.data.make_procedural import generate
-    out = tmp_path_factory.mktemp('procedural')
-    generate(out, sim_frames=8, real_frames=8, height=128, width=128, seed=3,
-             frames_per_sequence=4, workers=1)
-    return out
-
-
 def train_args(run_dir, data, *extra):
     return ['--config', 'test', '--stage', '1', '--run-dir', str(run_dir), '--no-progress',
             '--set', f'data.sim.root={data}', f'data.real.root={data}',

@@ -7,20 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-    from training.data.make_procedural import generate
-    out = tmp_path_factory.mktemp('procedural')
-    generate(out, sim_frames=8, real_frames=8, height=128, width=128, seed=3,
-             frames_per_sequence=4, workers=1)
-    return out
 
 
 def _overrides(data):

@@ -17,6 +17,7 @@ on sim data that gap is not the domain gap), and a Figure-3-like
 (ablations), e.g. ``--variant frozen=twin_vae,train.stage2_freeze_encoders=true``.
 """
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -116,9 +117,14 @@ def relevant_request(request):
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults():
+    return load_config(None)   # read once; only looked up, never changed
+
+
 def _default(path):
     """Return the defaults.yaml value at a dotted ``config.`` path (KeyError if none)."""
-    node = load_config(None)
+    node = _defaults()
     for key in path.split('.')[1:]:
         node = node[key]
     return node
