@@ -51,7 +51,7 @@ DESCRIPTIONS = {
                'onnxruntime',
     'device': 'auto, cpu, cuda or cuda:N',
     'precision': 'fp32; fp16/bf16 on CUDA (torch), fp16 with the TensorRT provider',
-    'threads': 'CPU inference threads; 0 = library default',
+    'threads': 'CPU inference threads; 0 = $SIM2REAL_THREADS if set, else library default',
     'sky_as_infinity': 'publish +inf depth where the model sees sky (REP 117 out of range)',
     'input_reliability': 'image subscription reliability: best_effort (sensor data, hears '
                          'every publisher) or reliable',

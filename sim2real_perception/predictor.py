@@ -17,6 +17,7 @@ Model files are read through :func:`sim2real_perception.model_io.read_consistent
 directory rewritten during start-up gives one export's model or a clear error.
 """
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,25 @@ BACKENDS = ('auto', 'torch', 'onnxruntime')
 DEVICES = ('auto', 'cpu', 'cuda')
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 SKY_CLASS = label_set.CLASS_NAMES.index('sky')
+#: Environment variable giving the CPU inference threads when the caller gives none
+#: (ONNX Runtime does not read OMP_NUM_THREADS; its default is one thread per core).
+THREADS_ENV = 'SIM2REAL_THREADS'
+
+
+def default_threads(threads=None):
+    """Return ``threads``, else ``$SIM2REAL_THREADS`` as an int, else None (library default)."""
+    if threads:
+        return int(threads)
+    value = os.environ.get(THREADS_ENV, '').strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f'{THREADS_ENV}={value!r}: must be a positive integer') from None
+    if n < 1:
+        raise ValueError(f'{THREADS_ENV}={value!r}: must be a positive integer')
+    return n
 
 
 class InputImageError(ValueError):
@@ -273,6 +293,7 @@ class Predictor:
                 raise ValueError(f'{name} must be one of {allowed}, got {value!r}')
         if not (device in DEVICES or str(device).startswith('cuda:')):
             raise ValueError(f"device must be one of {DEVICES} or 'cuda:N', got {device!r}")
+        threads = default_threads(threads)
         model_dir, onnx_path = resolve_model_path(model_path)
         read_model_config(model_dir)  # a missing or broken config is named before anything
         chosen, why = choose_backend(backend, device, onnx_path)

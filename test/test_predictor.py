@@ -248,3 +248,16 @@ def test_one_predictor_serves_two_threads_with_different_sizes(torch_predictor):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_sim2real_threads_sets_onnxruntime_intra_op_threads(onnx_model, monkeypatch):  # noqa: F811,E501
+    """ONNX Runtime ignores OMP_NUM_THREADS; $SIM2REAL_THREADS reaches its session."""
+    monkeypatch.setenv('SIM2REAL_THREADS', '1')
+    pred = Predictor.from_path(onnx_model[0], backend='onnxruntime', device='cpu')
+    assert pred.runner.session.get_session_options().intra_op_num_threads == 1
+    # An explicit value wins over the environment.
+    pred = Predictor.from_path(onnx_model[0], backend='onnxruntime', device='cpu', threads=2)
+    assert pred.runner.session.get_session_options().intra_op_num_threads == 2
+    monkeypatch.setenv('SIM2REAL_THREADS', 'two')
+    with pytest.raises(ValueError, match='SIM2REAL_THREADS'):
+        Predictor.from_path(onnx_model[0], backend='onnxruntime', device='cpu')
