@@ -12,6 +12,10 @@ ENCODINGS = ('linear', 'inverse', 'log')
 #: none (the paper: the latent only), shared (outputs of the encoder layers the two domains
 #: share, so the same weights made them for real and sim) or all (every encoder layer).
 SKIPS = ('none', 'shared', 'all')
+#: What the depth and segmentation heads predict: the output itself (none, the paper), or a
+#: per-pixel residual over the sim mean prior (residual: depth before tanh plus the prior's
+#: depth, logits plus the log of the prior's class frequencies), so a run starts at the floor.
+PRIORS = ('none', 'residual')
 #: Deployed network kinds: the twin-VAE's real encoder + heads, or the per-pixel prior floor.
 ARCHITECTURES = ('twin_vae', 'mean_prior')
 
@@ -38,6 +42,7 @@ class ModelConfig:
     min_depth: float = 0.5
     max_depth: float = 80.0
     skips: str = 'none'
+    prior: str = 'none'
     architecture: str = 'twin_vae'
 
     @classmethod
@@ -108,6 +113,8 @@ class ModelConfig:
             raise ValueError('model.num_classes must be in 1..255 (mono8 labels, 255 = ignore)')
         if self.skips not in SKIPS:
             raise ValueError(f'model.skips={self.skips!r}: must be one of {SKIPS}')
+        if self.prior not in PRIORS:
+            raise ValueError(f'model.prior={self.prior!r}: must be one of {PRIORS}')
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f'model.architecture={self.architecture!r}: must be one of '
                              f'{ARCHITECTURES}')

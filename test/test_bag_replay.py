@@ -325,7 +325,7 @@ def test_ctrl_c_gives_partial_report(bags, node, tmp_path, repo_root):
     out = tmp_path / 'partial'
     proc = subprocess.Popen(
         [sys.executable, '-m', 'training.replay', '--bag', str(bags['mcap']), '--mode',
-         'timed', '--rate', '0.05', '--publish-topic', f'{NS}/image', '--depth-topic',
+         'timed', '--rate', '0.01', '--publish-topic', f'{NS}/image', '--depth-topic',
          f'{NS}/depth', '--labels-topic', f'{NS}/segmentation', '--out', str(out)],
         cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, 'PYTHONUNBUFFERED': '1'})
@@ -339,7 +339,8 @@ def test_ctrl_c_gives_partial_report(bags, node, tmp_path, repo_root):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr
+    # Frames 5 s apart at rate 0.01: the signal lands mid-replay even on a loaded machine.
+    assert proc.returncode == 130, f'stdout:\n{stdout}\nstderr:\n{stderr}'
     assert 'INTERRUPTED, partial report' in stdout
     assert 'interrupted: partial report' in stderr
     import json

@@ -14,7 +14,8 @@ from rclpy.parameter import Parameter
 
 from sim2real_perception.config import load_config
 from sim2real_perception.depth_seg_node import DepthSegNode
-from sim2real_perception.model import build_model, MeanPriorNet, ModelConfig, TwinVAE
+from sim2real_perception.model import (build_model, decode_depth, DepthSegNet, MeanPriorNet,
+                                       ModelConfig, TwinVAE)
 from sim2real_perception.model_io import export_model_dir, load_depth_seg_net
 from sim2real_perception.onnx_export import export_onnx, parity_check
 from sim2real_perception.predictor import Predictor
@@ -92,7 +93,18 @@ def test_appearance_aug_changes_look_not_shape_and_is_seeded():
 
 VARIANTS = {'skips_shared': {'skips': 'shared', 'shared_layers': 8},
             'skips_all': {'skips': 'all'},
-            'skips_shared_default_sharing': {'skips': 'shared'}}
+            'skips_shared_default_sharing': {'skips': 'shared'},
+            'prior_residual': {'skips': 'shared', 'shared_layers': 8, 'prior': 'residual'}}
+
+
+def prior_maps(cfg):
+    """Depth targets rising down the image and class frequencies favouring columns."""
+    h, w, c = cfg.height, cfg.width, cfg.num_classes
+    yy, xx = np.mgrid[0:h, 0:w]
+    depth_t = torch.tensor(0.8 - 1.6 * yy / h, dtype=torch.float32)
+    freq = torch.ones(c, h, w)
+    freq[(xx // 16) % c, yy, xx] += 30.0
+    return depth_t, freq / freq.sum(0)
 
 
 def model_cfg(**changes):
@@ -140,6 +152,8 @@ def variant_dirs(tmp_path_factory):
     for name, changes in VARIANTS.items():
         torch.manual_seed(1)
         net = build_model(model_cfg(**changes)).eval()
+        if net.prior is not None:
+            net.prior.set_maps(*prior_maps(net.cfg))
         dirs[name] = export_model_dir(net, root / name)
     cfg = model_cfg(architecture='mean_prior')
     yy, xx = np.mgrid[0:128, 0:128]
@@ -173,7 +187,7 @@ def test_mean_prior_is_served_as_its_maps(variant_dirs):
         assert np.allclose(a.depth, net.depth_map.numpy())
 
 
-@pytest.mark.parametrize('name', ['skips_shared', 'mean_prior'])
+@pytest.mark.parametrize('name', ['skips_shared', 'prior_residual', 'mean_prior'])
 def test_variant_is_served_by_the_node(context, variant_dirs, name):
     d = variant_dirs[name]
     node = DepthSegNode(context=context, namespace=f'/variant_{name}', parameter_overrides=[
@@ -194,6 +208,67 @@ def test_variant_is_served_by_the_node(context, variant_dirs, name):
     finally:
         harness.close()
         node.destroy_node()
+
+
+def test_residual_prior_by_hand():
+    from training.mean_prior import fit_residual_prior
+    inf = math.inf
+    terrain, veg = 0, 2   # three classes here: terrain, sky, vegetation
+    cfg = model_cfg(depth_encoding='log', num_classes=3)
+    frames = [item([[2.0, inf]], [[terrain, SKY]]), item([[8.0, 5.0]], [[terrain, 255]]),
+              item([[0.0, 20.0]], [[veg, 255]])]
+    depth_t, freq = fit_residual_prior(frames, cfg, smoothing=1.0, shape=(1, 2))
+    code = lambda m: 2 * math.log(m / cfg.min_depth) / math.log(cfg.max_depth / cfg.min_depth) - 1  # noqa: E731,E501
+    # (0,0): codes of 2 and 8 (0 is no measurement); (0,1): inf = max_depth, 5, 20.
+    assert depth_t[0, 0] == pytest.approx((code(2) + code(8)) / 2, abs=1e-6)
+    assert depth_t[0, 1] == pytest.approx((1.0 + code(5) + code(20)) / 3, abs=1e-6)
+    # Votes + 1 per class: (0,0) terrain 2, vegetation 1 -> [3, 1, 2] / 6; (0,1) sky once.
+    assert freq[:, 0, 0] == pytest.approx([3 / 6, 1 / 6, 2 / 6])
+    assert freq[:, 0, 1] == pytest.approx([1 / 4, 2 / 4, 1 / 4])
+
+
+def test_residual_prior_starts_at_the_prior_and_is_neutral_unfitted():
+    cfg = model_cfg(skips='shared', shared_layers=8, prior='residual')
+    torch.manual_seed(0)
+    net = TwinVAE(cfg).eval()
+    plain = TwinVAE(model_cfg(skips='shared', shared_layers=8)).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items()
+                           if not k.startswith('prior.')})
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    # Unfitted maps are neutral: the same depth and the same logits up to a constant.
+    (d, s), (d0, s0) = net(x), plain(x)
+    assert torch.allclose(d, d0, atol=1e-6)
+    assert torch.allclose(s - s.mean(1, keepdim=True), s0 - s0.mean(1, keepdim=True),
+                          atol=1e-5)
+    # With the heads' last layer at zero, the deployed net outputs exactly the prior.
+    depth_t, freq = prior_maps(cfg)
+    net.prior.set_maps(depth_t, freq)
+    for head in (net.dec_depth, net.dec_seg):
+        torch.nn.init.zeros_(head.layers[-1][0].weight)
+        torch.nn.init.zeros_(head.layers[-1][0].bias)
+    deployed = DepthSegNet.from_twin(net).eval()
+    depth, labels = deployed(torch.zeros(1, 128, 128, 3, dtype=torch.uint8))
+    want = decode_depth(depth_t.clamp(-0.995, 0.995), 'log' if cfg.depth_encoding == 'log'
+                        else cfg.depth_encoding, cfg.min_depth, cfg.max_depth)
+    assert torch.allclose(depth[0], want, rtol=1e-5)
+    assert torch.equal(labels[0].long(), freq.argmax(0))
+
+
+def test_training_fits_the_residual_prior_and_exports_it(tiny_data, tmp_path, capsys):
+    from training import train
+    cfg = load_config('test', [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')]
+                      + ['data.eval.val_fraction=0.25', 'train.supervised_steps=2',
+                         'model.prior=residual', 'train.prior_frames=4'])
+    summary = train.run(cfg, tmp_path, method='sim_only')
+    assert 'model.prior fitted on 4 frames of sim' in capsys.readouterr().err
+    net, _ = load_depth_seg_net(summary['export_dir'])
+    neutral = -math.log(net.cfg.num_classes)
+    assert not torch.allclose(net.prior.log_freq, torch.full_like(net.prior.log_freq, neutral))
+    assert net.prior.depth_code.abs().max() > 0.1
+    # Resuming the finished stage keeps the fitted maps (they live in the checkpoint).
+    again = train.run(cfg, tmp_path, method='sim_only', resume=True)
+    net2, _ = load_depth_seg_net(again['export_dir'])
+    assert torch.equal(net.prior.log_freq, net2.prior.log_freq)
 
 
 def test_gradient_reversal_flips_the_sign():

@@ -13,20 +13,14 @@ import numpy as np
 import torch
 
 from sim2real_perception.labels import IGNORE_INDEX
-from sim2real_perception.model import MeanPriorNet, ModelConfig
+from sim2real_perception.model import encode_depth, MeanPriorNet, ModelConfig
 from sim2real_perception.model_io import export_model_dir
 
 from .losses import SKY_CLASS
 
 
-def fit_maps(frames, height, width, num_classes, max_depth):
-    """Return (depth HxW metres, labels HxW uint8) from frames of model-size tensors.
-
-    Depth: the mean over frames with a measurement at that pixel; far (+inf) and sky count
-    as ``max_depth``, as the depth decoder is trained. A pixel never measured gets the mean
-    of all measurements. Labels: the most frequent label, ignoring 255; a pixel never
-    labelled gets the most frequent label overall.
-    """
+def _accumulate(frames, height, width, num_classes, max_depth, code=None):
+    """Sum per pixel the depth (metres, or ``code(metres)``), its count and label votes."""
     depth_sum = np.zeros((height, width), np.float64)
     depth_n = np.zeros((height, width), np.int64)
     votes = np.zeros((num_classes, height, width), np.int64)
@@ -38,7 +32,9 @@ def fit_maps(frames, height, width, num_classes, max_depth):
             if labels is not None:
                 far |= labels == SKY_CLASS
             valid = far | (np.isfinite(d) & (d > 0))
-            depth_sum += np.where(far, max_depth, np.where(valid, np.minimum(d, max_depth), 0))
+            metres = np.where(far, max_depth, np.where(valid, np.minimum(d, max_depth), 1.0))
+            value = metres if code is None else code(metres)
+            depth_sum += np.where(valid, value, 0.0)
             depth_n += valid
         if labels is not None:
             for c in range(num_classes):
@@ -47,11 +43,41 @@ def fit_maps(frames, height, width, num_classes, max_depth):
         raise ValueError('mean_prior needs labelled frames with depth (data.sim train split)')
     overall = depth_sum.sum() / depth_n.sum()
     depth = np.where(depth_n > 0, depth_sum / np.maximum(depth_n, 1), overall)
+    return depth, votes
+
+
+def fit_maps(frames, height, width, num_classes, max_depth):
+    """Return (depth HxW metres, labels HxW uint8) from frames of model-size tensors.
+
+    Depth: the mean over frames with a measurement at that pixel; far (+inf) and sky count
+    as ``max_depth``, as the depth decoder is trained. A pixel never measured gets the mean
+    of all measurements. Labels: the most frequent label, ignoring 255; a pixel never
+    labelled gets the most frequent label overall.
+    """
+    depth, votes = _accumulate(frames, height, width, num_classes, max_depth)
     labels = votes.argmax(0)
     unlabelled = votes.sum(0) == 0
     labels[unlabelled] = votes.sum((1, 2)).argmax()
     assert IGNORE_INDEX >= num_classes
     return depth.astype(np.float32), labels.astype(np.uint8)
+
+
+def fit_residual_prior(frames, cfg, smoothing=1.0, shape=None):
+    """Return (depth target HxW in (-1, 1), class frequencies CxHxW) for ``model.prior``.
+
+    The depth map is the per-pixel mean of the *encoded* depth (the constant the heads'
+    MSE on encoded depth would learn); the frequencies are the label votes with
+    ``smoothing`` added to every class, so no class is impossible anywhere. ``shape``
+    (H, W) defaults to the model size.
+    """
+    height, width = shape or (cfg.height, cfg.width)
+
+    def code(metres):
+        t = torch.from_numpy(metres)
+        return encode_depth(t, cfg.depth_encoding, cfg.min_depth, cfg.max_depth).numpy()
+    depth_t, votes = _accumulate(frames, height, width, cfg.num_classes, cfg.max_depth, code)
+    freq = votes + float(smoothing)
+    return depth_t.astype(np.float32), (freq / freq.sum(0, keepdims=True)).astype(np.float32)
 
 
 def fit_and_export(dataset, model_cfg, out_dir, metadata=None):

@@ -259,6 +259,8 @@ class Trainer:
                 load_checkpoint(self.ckpt_dir, 'stage1_last', self.net)
                 self.last_good = self.ckpt_dir / 'stage1_last.json'
                 self._log(f'[stage2] starting from {self.ckpt_dir / "stage1_last.json"}')
+            if self.net.prior is not None:
+                self.fit_head_prior(stage, streams[0][0])
             torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
         self.steps[stage] = total
         weights = {k: float(self.loss_cfg[k]) for k in self._term_names(stage)}
@@ -271,6 +273,26 @@ class Trainer:
                                self.seed, sid, start, total, int(self.t['num_workers']))
                    for ds, (_, sid) in zip(datasets, streams)]
         return self._loop(stage, module, opt, loaders, weights, spe, start, total, extra)
+
+    @torch.no_grad()
+    def fit_head_prior(self, stage, name):
+        """Fit ``model.prior`` on the labelled frames the heads train on (``model.prior``).
+
+        At most ``train.prior_frames`` frames, evenly spaced, without random flips or jitter.
+        Resumed stages load the fitted maps from their checkpoint instead.
+        """
+        from .mean_prior import fit_residual_prior
+        ds = self.dataset(name)
+        limit = int(self.t['prior_frames'])
+        idx = np.arange(len(ds)) if limit <= 0 or limit >= len(ds) else \
+            np.linspace(0, len(ds) - 1, limit).round().astype(int)
+        was_train, ds.train = ds.train, False
+        try:
+            depth_t, freq = fit_residual_prior((ds[int(i)] for i in idx), self.model_cfg)
+        finally:
+            ds.train = was_train
+        self.net.prior.set_maps(torch.from_numpy(depth_t), torch.from_numpy(freq))
+        self._log(f'[{stage}] model.prior fitted on {len(idx)} frames of {name}')
 
     def _term_names(self, stage):
         return {'stage1': losses.STAGE1_TERMS, 'stage2': losses.STAGE2_TERMS,

@@ -12,6 +12,8 @@ count is a config value that defaults to section 3.2's three.
 The latent follows UNIT: the encoder predicts the mean of q(z|x) with unit variance, so
 the reparameterisation trick is ``z = mu + eps`` in training and ``z = mu`` in eval.
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -147,6 +149,35 @@ def skip_keep(cfg):
     return {index: scale for scale, (index, _) in cfg.skip_sources().items()}
 
 
+class PriorMaps(nn.Module):
+    """Per-pixel prior the heads predict a residual over (``model.prior: residual``).
+
+    Holds the pre-tanh code of the prior depth and the log class frequencies of the
+    labelled training frames at the model size. Before ``set_maps`` the maps are neutral
+    (zero depth code, uniform frequencies): the heads then behave as without a prior.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        h, w, c = cfg.height, cfg.width, cfg.num_classes
+        self.register_buffer('depth_code', torch.zeros(1, 1, h, w))
+        self.register_buffer('log_freq', torch.full((1, c, h, w), -math.log(c)))
+
+    @torch.no_grad()
+    def set_maps(self, depth_t, freq):
+        """Set the maps from a depth target map in (-1, 1) (H x W) and frequencies (C x H x W)."""
+        t = torch.as_tensor(depth_t, dtype=torch.float32).clamp(-0.995, 0.995)
+        f = torch.as_tensor(freq, dtype=torch.float32)
+        self.depth_code.copy_(torch.atanh(t).reshape(self.depth_code.shape))
+        self.log_freq.copy_(torch.log(f / f.sum(0, keepdim=True)).reshape(self.log_freq.shape))
+
+    def depth(self, raw):
+        return torch.tanh(raw + self.depth_code)
+
+    def logits(self, raw):
+        return raw + self.log_freq
+
+
 def init_gaussian(module, std):
     """Gaussian initialisation (section 3.2): N(0, std) conv weights, zero biases."""
     for m in module.modules():
@@ -174,8 +205,9 @@ class TwinVAE(nn.Module):
         dec_sim = dec_real[:n] + decoder_layers(cfg, cfg.in_channels, tanh=True)[n:]
         self.enc_real, self.enc_sim = Stack(enc_real), Stack(enc_sim)
         self.dec_real, self.dec_sim = Stack(dec_real), Stack(dec_sim)
-        self.dec_depth = task_decoder(cfg, 1, tanh=True)
+        self.dec_depth = task_decoder(cfg, 1, tanh=cfg.prior == 'none')
         self.dec_seg = task_decoder(cfg, cfg.num_classes, tanh=False)
+        self.prior = PriorMaps(cfg) if cfg.prior == 'residual' else None
         self._keep = skip_keep(cfg)
         init_gaussian(self, cfg.init_std)
 
@@ -204,14 +236,22 @@ class TwinVAE(nn.Module):
 
     def decode(self, z, domain, feats=None):
         """Decode a latent; ``feats`` (from ``encode_skips``) feed the task decoders' skips."""
-        if domain in ('depth', 'seg') and self.has_skips:
-            return self.decoder(domain)(z, feats)
-        return self.decoder(domain)(z)
+        if domain not in ('depth', 'seg'):
+            return self.decoder(domain)(z)
+        out = self.decoder(domain)(z, feats) if self.has_skips else self.decoder(domain)(z)
+        return with_prior(self.prior, domain, out)
 
     def forward(self, x, domain='real'):
         """Inference path: depth targets in [-1, 1] and class logits for one domain."""
         _, z, feats = self.encode_skips(x, domain)
         return self.decode(z, 'depth', feats), self.decode(z, 'seg', feats)
+
+
+def with_prior(prior, head, out):
+    """Add a head's output to the prior (``model.prior: residual``), or return it as it is."""
+    if prior is None:
+        return out
+    return prior.depth(out) if head == 'depth' else prior.logits(out)
 
 
 class DepthSegNet(nn.Module):
@@ -230,11 +270,13 @@ class DepthSegNet(nn.Module):
         self._keep = skip_keep(cfg)
         if twin is None:
             self.encoder = Stack(encoder_layers(cfg))
-            self.dec_depth = task_decoder(cfg, 1, tanh=True)
+            self.dec_depth = task_decoder(cfg, 1, tanh=cfg.prior == 'none')
             self.dec_seg = task_decoder(cfg, cfg.num_classes, tanh=False)
+            self.prior = PriorMaps(cfg) if cfg.prior == 'residual' else None
         else:
             self.encoder = twin.enc_real
             self.dec_depth, self.dec_seg = twin.dec_depth, twin.dec_seg
+            self.prior = twin.prior
 
     @classmethod
     def from_twin(cls, twin):
@@ -253,6 +295,8 @@ class DepthSegNet(nn.Module):
         """Return the depth decoder's tanh output and the class logits for images in [-1, 1]."""
         if self._keep:
             z, feats = self.encoder.forward_collect(x, self._keep)
-            return self.dec_depth(z, feats), self.dec_seg(z, feats)
-        z = self.encoder(x)
-        return self.dec_depth(z), self.dec_seg(z)
+            depth, logits = self.dec_depth(z, feats), self.dec_seg(z, feats)
+        else:
+            z = self.encoder(x)
+            depth, logits = self.dec_depth(z), self.dec_seg(z)
+        return with_prior(self.prior, 'depth', depth), with_prior(self.prior, 'seg', logits)
