@@ -320,6 +320,15 @@ def test_silent_node_names_the_topics_waited_on(bags):
     assert 'nothing on /silent/depth and /silent/segmentation' in msg
 
 
+def _default_sigint():
+    """Give the child Ctrl-C's default action (a suite started with ``&`` ignores SIGINT).
+
+    A shell runs background jobs with SIGINT ignored and children inherit that, so Python
+    in the replay would install no KeyboardInterrupt handler and never see the signal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_gives_partial_report(bags, node, tmp_path, repo_root):
     """SIGINT mid-replay: exit 130, the report and replay.json cover what was answered."""
     out = tmp_path / 'partial'
@@ -328,7 +337,7 @@ def test_ctrl_c_gives_partial_report(bags, node, tmp_path, repo_root):
          'timed', '--rate', '0.01', '--publish-topic', f'{NS}/image', '--depth-topic',
          f'{NS}/depth', '--labels-topic', f'{NS}/segmentation', '--out', str(out)],
         cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+        env={**os.environ, 'PYTHONUNBUFFERED': '1'}, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 60
         for line in proc.stdout:
