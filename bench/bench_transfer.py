@@ -26,9 +26,10 @@ if str(REPO) not in sys.path:
 
 #: The paper's recipe on the cpu preset's network size and step budget: no skips, section
 #: 3.2's three shared layers, linear depth, every loss weight 1 (eqs 10, 17, 20 unweighted),
-#: the translated sim frames in stage 2, no critic, no sim randomisation, constant lr. Its
+#: no prior residual, the translated sim frames in stage 2, no critic, no sim randomisation, constant lr. Its
 #: full stage 2 costs twice the lean one per step, so it gets half the steps: same wall time.
 PAPER_RECIPE = ['model.skips=none', 'model.shared_layers=3', 'model.depth_encoding=linear',
+                'model.prior=none',
                 'train.stage2_real_input=translated', 'train.lr_schedule=constant',
                 'train.stage2_lean=false', 'train.stage2_steps=120',  # the same ~5 min
                 'loss.s2_adv=0.0', 'data.sim.appearance_aug=0.0'] + [
@@ -53,6 +54,10 @@ ROWS = (
      "ablation: the default with the paper's translated sim frames for E_R (same wall time)"),
     ('twin_vae_noskip', 'twin_vae', ['model.skips=none'],
      'ablation: the default without skips from the shared encoder layers'),
+    ('twin_vae_noprior', 'twin_vae', ['model.prior=none'],
+     'ablation: the default without the residual over the sim prior (the heads predict it all)'),
+    ('sim_only_noprior', 'sim_only', ['data.sim.appearance_aug=0.0', 'model.prior=none'],
+     'ablation: sim_only without the residual over the sim prior'),
 )
 #: Rows run by default; the others with --rows (their cost is a 3-seed run each).
 DEFAULT_ROWS = ('mean_prior', 'sim_only', 'oracle', 'twin_vae_paper', 'twin_vae',

@@ -269,6 +269,12 @@ def test_training_fits_the_residual_prior_and_exports_it(tiny_data, tmp_path, ca
     again = train.run(cfg, tmp_path, method='sim_only', resume=True)
     net2, _ = load_depth_seg_net(again['export_dir'])
     assert torch.equal(net.prior.log_freq, net2.prior.log_freq)
+    # The twin-VAE fits it when stage 2 starts (stage 1 reads unlabelled real frames only).
+    cfg['train'].update(stage1_steps=1, stage2_steps=1)
+    twin = train.run(cfg, tmp_path / 'twin', method='twin_vae')
+    assert 'stage2] model.prior fitted on 4 frames of sim' in capsys.readouterr().err
+    net3, _ = load_depth_seg_net(twin['export_dir'])
+    assert torch.allclose(net3.prior.log_freq, net.prior.log_freq)   # the same sim frames
 
 
 def test_gradient_reversal_flips_the_sign():

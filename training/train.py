@@ -259,7 +259,7 @@ class Trainer:
                 load_checkpoint(self.ckpt_dir, 'stage1_last', self.net)
                 self.last_good = self.ckpt_dir / 'stage1_last.json'
                 self._log(f'[stage2] starting from {self.ckpt_dir / "stage1_last.json"}')
-            if self.net.prior is not None:
+            if self.net.prior is not None and stage != 'stage1':
                 self.fit_head_prior(stage, streams[0][0])
             torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
         self.steps[stage] = total
