@@ -128,6 +128,24 @@ def test_pipeline_reuse_invalidation_resume_and_failure(tmp_path, capsys):
         pipe.run('c', py('pass'), 'c', outputs=[tmp_path / 'elsewhere'])
 
 
+def test_an_edited_preset_redoes_the_training_step(tmp_path):
+    """The command names the preset; its resolved content is part of the step's key."""
+    from training.main_job import config_digest
+    preset = tmp_path / 'mine.yaml'
+    preset.write_text('model:\n  prior: none\n')
+    before = config_digest(str(preset), ['train.seed=1'])
+    assert config_digest(str(preset), ['train.seed=1']) == before
+    assert config_digest(str(preset), ['train.seed=2']) != before
+    preset.write_text('model:\n  prior: residual\n')
+    edited = config_digest(str(preset), ['train.seed=1'])
+    assert edited != before
+    work = tmp_path / 'w'
+    for extra, reused in ((before, []), (before, ['t']), (edited, [])):
+        pipe = Pipeline(work, total=1)
+        pipe.run('t', py('pass'), 'train', key_extra=extra)
+        assert pipe.reused == reused
+
+
 def test_help_lists_every_option():
     text = main_job.build_parser().format_help()
     for option in ('--workdir', '--fresh', '--quick', '--with-oracle', '--config',

@@ -395,6 +395,15 @@ def format_report(r):
     return '\n'.join(lines)
 
 
+def config_digest(preset, overrides):
+    """Return a digest of the resolved config: an edited preset file changes it."""
+    import hashlib
+    from sim2real_perception.config import load_config
+    from .evaluate import json_safe
+    text = json.dumps(json_safe(load_config(preset, list(overrides))), sort_keys=True)
+    return 'config sha256 ' + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 # -- the job ---------------------------------------------------------------------------------
 def run(args):
     """Run every step; return the report dict."""
@@ -417,12 +426,14 @@ def run(args):
             'mean_prior': 'fit the mean_prior floor (per-pixel sim statistics)',
             'oracle': 'train the oracle baseline (real labels)'}
     for method in job.methods:
+        sets = [*METHOD_SETS.get(method, ()), *job.sets]
         pipe.run(f'train_{method}', job.with_sets(job.py(
             'training.train', '--config', args.config, '--method', method, '--stage', 'all',
             '--seed', args.seed, '--run-dir', job.runs / method, '--no-progress',
             *[a for item in METHOD_SETS.get(method, ()) for a in ('--set', item)])),
             what[method], outputs=[job.runs / method], resume_args=['--resume'],
-            hint=lambda m=method: train_hint(job.runs / m))
+            hint=lambda m=method: train_hint(job.runs / m),
+            key_extra=config_digest(args.config, sets))
     for method in job.methods:
         pipe.run(f'onnx_{method}', job.py('sim2real_perception.onnx_export', '--model',
                                           job.export(method)),

@@ -100,16 +100,19 @@ class Pipeline:
             {'key': key, 'seconds': self.timings[name], 'result': result}, indent=1))
         print(f'  done in {self.timings[name]:.0f} s', flush=True)
 
-    def run(self, name, argv, description, outputs=(), resume_args=(), env=None, hint=None):
+    def run(self, name, argv, description, outputs=(), resume_args=(), env=None, hint=None,
+            key_extra=''):
         """Run ``argv`` unless done; stream its output with a prefix and into a log file.
 
         ``outputs`` are removed before a clean run; ``resume_args`` are appended when the
-        step was interrupted before (same command, nothing upstream changed). While the
+        step was interrupted before (same command, nothing upstream changed). ``key_extra``
+        joins the command in the step's key (say, a digest of the preset file the command
+        names, so an edited preset redoes the step). While the
         command is silent, a line every ``heartbeat`` seconds says it is alive, with
         ``hint()`` (e.g. the training step reached) when given.
         """
         argv = [str(a) for a in argv]
-        key = shlex.join(argv)
+        key = shlex.join(argv) + (f' # {key_extra}' if key_extra else '')
         self._announce(name, description)
         if self.done(name, key):
             print(f'  reused (done earlier; --fresh to redo): {key}', flush=True)
