@@ -26,8 +26,9 @@ if str(REPO) not in sys.path:
 
 #: The paper's recipe on the cpu preset's network size and step budget: no skips, section
 #: 3.2's three shared layers, linear depth, every loss weight 1 (eqs 10, 17, 20 unweighted),
-#: no prior residual, the translated sim frames in stage 2, no critic, no sim randomisation, constant lr. Its
-#: full stage 2 costs twice the lean one per step, so it gets half the steps: same wall time.
+#: no prior residual, the translated sim frames in stage 2, no critic, no sim randomisation,
+#: constant lr. Its full stage 2 costs twice the lean one per step, so it gets half the
+#: steps: same wall time.
 PAPER_RECIPE = ['model.skips=none', 'model.shared_layers=3', 'model.depth_encoding=linear',
                 'model.prior=none',
                 'train.stage2_real_input=translated', 'train.lr_schedule=constant',
