@@ -50,7 +50,7 @@ def default_threads(threads=None):
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(f'{THREADS_ENV}={value!r}: must be a positive integer') from None
+        n = 0
     if n < 1:
         raise ValueError(f'{THREADS_ENV}={value!r}: must be a positive integer')
     return n
