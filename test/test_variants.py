@@ -329,6 +329,72 @@ def test_lean_stage2_skips_the_sim_encoder_heads_and_costs_less():
     sum(lean.values()).backward()           # the zeros stay in the graph
 
 
+def test_strong_view_is_a_photometric_re_rendering():
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    assert torch.allclose(losses.strong_view(x, 0.0), x, atol=1e-3)   # strength 0: identity
+    torch.manual_seed(1)
+    a = losses.strong_view(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, losses.strong_view(x))                      # torch's RNG: resumable
+    assert a.shape == x.shape and float(a.min()) >= -1.0 and float(a.max()) <= 1.0
+    per_frame = (a - x).abs().mean(dim=(1, 2, 3))
+    assert bool((per_frame > 0.01).all())                             # every frame re-rendered
+
+
+def test_pseudo_terms_train_on_confident_own_labels():
+    cfg = model_cfg(skips='shared', shared_layers=8)
+    torch.manual_seed(0)
+    net = TwinVAE(cfg).eval()          # eval: z = mu, so a strength-0 view is the clean one
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    mu, _, feats = net.encode_skips(x, 'real')
+    ce, depth = losses.pseudo_terms(net, x, mu, feats, threshold=0.0, strength=0.0)
+    logits = net.decode(mu, 'seg', feats)
+    want = torch.nn.functional.cross_entropy(logits, logits.argmax(1))
+    assert ce.item() == pytest.approx(want.item(), rel=1e-4)          # its own argmax labels
+    assert depth.item() < 1e-5                                        # same view, same depth
+    none, _ = losses.pseudo_terms(net, x, mu, feats, threshold=1.01, strength=0.0)
+    assert none.item() == 0.0                                         # nothing confident
+    net.train()
+    feats = {k: f.detach() for k, f in feats.items()}
+    ce, depth = losses.pseudo_terms(net, x, mu.detach(), feats, threshold=0.0)
+    assert depth.item() > 0
+    (ce + depth).backward()
+    for module in (net.enc_real, net.dec_seg, net.dec_depth):         # the student learns
+        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+                   for p in module.parameters())
+
+
+def test_stage2_self_training_terms_are_off_unless_asked():
+    cfg = model_cfg(skips='shared', shared_layers=8)
+    torch.manual_seed(0)
+    net = TwinVAE(cfg).train()
+    x_r, x_s = torch.rand(2, 3, 128, 128) * 2 - 1, torch.rand(2, 3, 128, 128) * 2 - 1
+    batch = {'image': x_s, 'depth': torch.rand(2, 1, 128, 128) * 50 + 1,
+             'labels': torch.randint(0, 12, (2, 128, 128))}
+    off, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim', lean=True)
+    assert off['s2_pseudo_ce'].item() == 0.0 and off['s2_pseudo_depth'].item() == 0.0
+    on, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim', lean=True,
+                                pseudo={'threshold': 0.0, 'strength': 1.0})
+    assert on['s2_pseudo_ce'].item() > 0 and on['s2_pseudo_depth'].item() > 0
+    assert list(on) == list(losses.STAGE2_TERMS)
+    sum(on.values()).backward()
+
+
+def test_training_with_self_training_logs_its_terms(tiny_data, tmp_path):
+    from training import train
+    cfg = load_config('test', [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')]
+                      + ['data.eval.val_fraction=0.25', 'train.stage1_steps=1',
+                         'train.stage2_steps=2', 'loss.s2_pseudo_ce=1.0',
+                         'loss.s2_pseudo_depth=1.0', 'loss.pseudo_threshold=0.0'])
+    summary = train.run(cfg, tmp_path, method='twin_vae')
+    rows = (tmp_path / 'logs' / 'stage2.csv').read_text().splitlines()
+    header = rows[0].split(',')
+    last = dict(zip(header, rows[-1].split(',')))
+    assert float(last['s2_pseudo_ce']) > 0 and float(last['s2_pseudo_depth']) > 0
+    assert load_depth_seg_net(summary['export_dir'])[0] is not None
+
+
 def test_cosine_lr_decays_to_zero_and_constant_is_the_paper():
     from training.train import lr_at
     cos = {'lr': 2.0, 'lr_schedule': 'cosine'}

@@ -49,6 +49,10 @@ STAGE2_TERMS = {
     'ce_sim': 'eq 18: cross entropy of G_I(E_S(x_S))',
     'ce_real': "eq 19: cross entropy of G_I(E_R(x'_R))",
     's2_adv': 'beyond the paper: adversarial alignment of shared real/sim features (critic)',
+    's2_pseudo_ce': 'beyond the paper: cross entropy of G_I(E_R(strong(x_R))) to the '
+                    'confident labels of G_I(E_R(x_R)) (self-training on real frames)',
+    's2_pseudo_depth': 'beyond the paper: L1 of G_D(E_R(strong(x_R))) to G_D(E_R(x_R)) '
+                       '(encoded depth, consistency on real frames)',
 }
 #: Baselines (sim_only, oracle): one encoder + the two heads on one labelled domain.
 SUPERVISED_TERMS = {
@@ -168,6 +172,43 @@ def seg_loss(logits, labels, sample_mask=None):
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
 
+def strong_view(x, strength=1.0):
+    """Re-render a batch in [-1, 1] with a random camera: the student's view of a real frame.
+
+    Per frame: channel gains, exposure (gamma), saturation and sensor noise (torch's RNG, so
+    a resumed run draws the same). Geometry is untouched, so the clean view's predictions
+    are pixel-aligned targets (FixMatch's weak/strong pair, photometric only).
+    """
+    s = float(strength)
+    n = x.shape[0]
+    u = ((x.float() + 1.0) * 0.5).clamp(0.0, 1.0)
+    gains = 1.0 + 0.12 * s * torch.randn(n, 3, 1, 1, device=x.device)
+    gamma = torch.exp(0.3 * s * torch.randn(n, 1, 1, 1, device=x.device))
+    u = (u * gains).clamp(1e-4, 1.0) ** gamma
+    grey = (u * u.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    sat = 1.0 + s * (torch.rand(n, 1, 1, 1, device=x.device) - 0.6)
+    u = grey + (u - grey) * sat
+    u = u + torch.rand(n, 1, 1, 1, device=x.device) * 0.04 * s * torch.randn_like(u)
+    return (u.clamp(0.0, 1.0) * 2.0 - 1.0).to(x.dtype)
+
+
+def pseudo_terms(net, x_real, mu_r, f_r, threshold=0.9, strength=1.0):
+    """Self-training on unlabelled real frames: (cross entropy, depth L1) of a strong view.
+
+    The targets are the network's own predictions on the clean view (no gradient): labels
+    where the softmax is at least ``threshold`` (the rest ignored, and the mean runs over
+    every pixel, so the term grows as the network becomes sure) and the encoded depth.
+    """
+    with torch.no_grad():
+        t_depth = net.decode(mu_r, 'depth', f_r).float()
+        conf, target = torch.softmax(net.decode(mu_r, 'seg', f_r).float(), 1).max(1)
+    _, z_a, f_a = net.encode_skips(strong_view(x_real, strength), 'real')
+    ce = F.cross_entropy(net.decode(z_a, 'seg', f_a).float(), target, reduction='none')
+    ce = (ce * (conf >= float(threshold))).mean()
+    depth = (net.decode(z_a, 'depth', f_a).float() - t_depth).abs().mean()
+    return ce, depth
+
+
 def weighted_total(terms, weights):
     """Return (total, weighted terms): each term times ``weights[name]`` (a loss.* value)."""
     weighted = {name: float(weights[name]) * value for name, value in terms.items()}
@@ -211,7 +252,7 @@ REAL_INPUTS = ('translated', 'sim')
 
 
 def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
-                 sky_as_far=True, real_input='translated', lean=False):
+                 sky_as_far=True, real_input='translated', lean=False, pseudo=None):
     """Compute the stage-2 terms (eqs 11-20) for paired sim and unpaired real images.
 
     x'_R = G_R(z_S), z'_R = E_R(x'_R); x'_S = G_S(z_R), z'_S = E_S(x'_S). Depth and
@@ -221,6 +262,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     paper) skips what the deployed path never uses, the heads on E_S (eqs 15, 18) and the
     x'_S path (eq 14): those terms are 0 and cost nothing. The critic, if any, compares the
     real encoder's features of x'_R with those of x_R: what it trains on with what it sees.
+    ``pseudo`` (beyond the paper; ``{'threshold', 'strength'}`` or None = off, both terms 0)
+    adds self-training on the real frames (``pseudo_terms``).
     """
     x_sim = sim_batch['image']
     depth, labels = sim_batch['depth'], sim_batch['labels']
@@ -245,6 +288,11 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
         'ce_real': seg_loss(s_real, labels, has_l),
         's2_adv': _critic_term(net, model_cfg, (mu_r_fake, f_r_fake), (mu_r, f_r)),
     }
+    if pseudo:
+        terms['s2_pseudo_ce'], terms['s2_pseudo_depth'] = pseudo_terms(
+            net, x_real, mu_r, f_r, pseudo['threshold'], pseudo['strength'])
+    else:
+        terms['s2_pseudo_ce'] = terms['s2_pseudo_depth'] = _zero_like(mu_s)
     if lean:
         zero = _zero_like(mu_s)
         terms.update(s2_mmd_r2s=zero, depth_sim=zero, ce_sim=zero)

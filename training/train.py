@@ -58,6 +58,9 @@ class StageLoss(nn.Module):
         self.sky_as_far = bool(loss_cfg['sky_as_far'])
         self.real_input = str(real_input)
         self.lean = bool(lean)
+        on = any(float(loss_cfg.get(k, 0.0)) > 0 for k in ('s2_pseudo_ce', 's2_pseudo_depth'))
+        self.pseudo = {'threshold': float(loss_cfg['pseudo_threshold']),
+                       'strength': float(loss_cfg['pseudo_strength'])} if on else None
 
     def forward(self, first, second=None):
         if self.stage == 'stage1':
@@ -66,7 +69,7 @@ class StageLoss(nn.Module):
         if self.stage == 'stage2':
             return losses.stage2_terms(self.net, first, second['image'], self.model_cfg,
                                        self.gamma, self.mmd_on, self.sky_as_far,
-                                       self.real_input, self.lean)
+                                       self.real_input, self.lean, self.pseudo)
         return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far)
 
 
