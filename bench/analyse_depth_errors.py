@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-DEFAULT_ROWS = ('mean_prior', 'oracle', 'sim_only', 'sim_only_aug', 'twin_vae')
+DEFAULT_ROWS = ('mean_prior', 'oracle', 'sim_only', 'sim_only_aug', 'twin_vae_nopseudo',
+                'twin_vae')
 #: The split bench_transfer.py scores on and the depth-validity floor (training.metrics).
 SPLIT = 'val'
 MIN_DEPTH = 1e-3

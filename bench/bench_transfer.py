@@ -40,6 +40,12 @@ PAPER_RECIPE = ['model.skips=none', 'model.shared_layers=3', 'model.depth_encodi
 #: The previous default (before self-training): no self-training terms, 240 stage-2 steps
 #: (the same ~5.7 min). The older ablations are of this recipe, so their runs stay valid.
 NO_PSEUDO = ['loss.s2_pseudo_ce=0.0', 'loss.s2_pseudo_depth=0.0', 'train.stage2_steps=240']
+#: Virtual KITTI 2 renders every clone viewpoint again at other times of day and weathers;
+#: the ``*_vars`` rows train on six of them (the same viewpoints, 6x the sim images) from a
+#: tree of their own (``--out``/data_variations), so every other row's data stays as it is.
+SIM_VARIATIONS = ('clone', 'morning', 'sunset', 'overcast', 'fog', 'rain')
+VARS_ROOT = '{sim_variations_root}'   # replaced by that tree's path
+WITH_VARIATIONS = [f'data.sim.root={VARS_ROOT}', 'data.sim.variations=[]']   # [] = all there
 #: (row name, method, extra overrides, what it tests). Rows other than mean_prior, sim_only
 #: and oracle count as adapted methods for the gap targets. The baselines share the default
 #: network (skips, log depth, cosine lr): only adaptation differs.
@@ -56,6 +62,8 @@ ROWS = (
      'ablation: the default without self-training on real frames (the previous default)'),
     ('twin_vae_pseudo_ce', 'twin_vae', ['loss.s2_pseudo_depth=0.0'],
      'ablation: self-training on labels only (no depth consistency on real frames)'),
+    ('twin_vae_pseudo_depth', 'twin_vae', ['loss.s2_pseudo_ce=0.0'],
+     'ablation: depth consistency on real frames only (no self-training on labels)'),
     ('twin_vae_noadv', 'twin_vae', NO_PSEUDO + ['loss.s2_adv=0.0'],
      'ablation: twin_vae_nopseudo without the feature critic'),
     ('twin_vae_translated', 'twin_vae', NO_PSEUDO[:2] + ['train.stage2_real_input=translated',
@@ -67,6 +75,10 @@ ROWS = (
      'ablation: twin_vae_nopseudo without the residual over the sim prior'),
     ('sim_only_noprior', 'sim_only', ['data.sim.appearance_aug=0.0', 'model.prior=none'],
      'ablation: sim_only without the residual over the sim prior'),
+    ('sim_only_aug_vars', 'sim_only', WITH_VARIATIONS,
+     "variant: sim_only_aug trained on VKITTI 2's six variations of each sim viewpoint"),
+    ('twin_vae_vars', 'twin_vae', WITH_VARIATIONS,
+     "variant: the default trained on VKITTI 2's six variations of each sim viewpoint"),
 )
 #: Rows run by default; the others with --rows (their cost is a 3-seed run each).
 DEFAULT_ROWS = ('mean_prior', 'sim_only', 'oracle', 'twin_vae_paper', 'twin_vae',
@@ -116,6 +128,30 @@ def make_data(out, spec):
     folder = Path(out) / 'data'
     generate(folder, **spec)
     return folder
+
+
+def with_variations_root(out, spec, rows):
+    """Generate the ``*_vars`` rows' sim tree when a row needs it; put its path in the rows."""
+    if not any(VARS_ROOT in o for row in rows for o in row[2]):
+        return rows
+    from training.data.make_procedural import generate
+    folder = (Path(out) / 'data_variations').resolve()
+    generate(folder, **{**spec, 'real_frames': 0, 'variations': list(SIM_VARIATIONS)})
+    return [(name, method, [o.replace(VARS_ROOT, str(folder)) for o in extra], what)
+            for name, method, extra, what in rows]
+
+
+def all_finished(out, rows, seed):
+    """Return whether every row's run of ``seed`` has finished (nothing to train for it)."""
+    runs = Path(out) / 'compare' / 'runs'
+    for name, *_ in rows:
+        record = runs / f'{name}_s{seed}' / 'compare_run.json'
+        try:
+            if not json.loads(record.read_text()).get('done'):
+                return False
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 def run_rows(args, data_dir, rows, seeds):
@@ -327,8 +363,10 @@ def main(argv=None):
         args.config = 'test'
     t0 = time.perf_counter()
     data_dir = make_data(args.out, spec)
+    rows = with_variations_root(args.out, spec, rows)
     for seed in args.seeds[:-1]:   # seed by seed, so a partial run already holds results
-        run_rows(args, data_dir, rows, [seed])
+        if args.retrain or not all_finished(args.out, rows, seed):
+            run_rows(args, data_dir, rows, [seed])
     report = run_rows(args, data_dir, rows, args.seeds)
     runs, methods, gt_share = collect(report, rows)
     gaps = gap_fractions(methods)

@@ -355,6 +355,11 @@ def test_pseudo_terms_train_on_confident_own_labels():
     assert depth.item() < 1e-5                                        # same view, same depth
     none, _ = losses.pseudo_terms(net, x, mu, feats, threshold=1.01, strength=0.0)
     assert none.item() == 0.0                                         # nothing confident
+    calls = []
+    hook = net.dec_seg.register_forward_hook(lambda *a: calls.append('seg'))
+    off, depth_only = losses.pseudo_terms(net, x, mu, feats, threshold=0.0, labels=False)
+    hook.remove()
+    assert off.item() == 0.0 and depth_only.item() > 0 and not calls  # no label head run
     net.train()
     feats = {k: f.detach() for k, f in feats.items()}
     ce, depth = losses.pseudo_terms(net, x, mu.detach(), feats, threshold=0.0)

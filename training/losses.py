@@ -192,21 +192,27 @@ def strong_view(x, strength=1.0):
     return (u.clamp(0.0, 1.0) * 2.0 - 1.0).to(x.dtype)
 
 
-def pseudo_terms(net, x_real, mu_r, f_r, threshold=0.9, strength=1.0):
+def pseudo_terms(net, x_real, mu_r, f_r, threshold=0.9, strength=1.0, labels=True,
+                 depth=True):
     """Self-training on unlabelled real frames: (cross entropy, depth L1) of a strong view.
 
     The targets are the network's own predictions on the clean view (no gradient): labels
     where the softmax is at least ``threshold`` (the rest ignored, and the mean runs over
     every pixel, so the term grows as the network becomes sure) and the encoded depth.
+    ``labels`` / ``depth`` False skip that head (its term is a graph-connected 0).
     """
-    with torch.no_grad():
-        t_depth = net.decode(mu_r, 'depth', f_r).float()
-        conf, target = torch.softmax(net.decode(mu_r, 'seg', f_r).float(), 1).max(1)
+    with torch.no_grad():   # the clean view first: the order of the runs measured with it
+        t_depth = net.decode(mu_r, 'depth', f_r).float() if depth else None
+        conf, target = torch.softmax(net.decode(mu_r, 'seg', f_r).float(), 1).max(1) \
+            if labels else (None, None)
     _, z_a, f_a = net.encode_skips(strong_view(x_real, strength), 'real')
-    ce = F.cross_entropy(net.decode(z_a, 'seg', f_a).float(), target, reduction='none')
-    ce = (ce * (conf >= float(threshold))).mean()
-    depth = (net.decode(z_a, 'depth', f_a).float() - t_depth).abs().mean()
-    return ce, depth
+    ce = loss_depth = _zero_like(z_a)
+    if labels:
+        ce = F.cross_entropy(net.decode(z_a, 'seg', f_a).float(), target, reduction='none')
+        ce = (ce * (conf >= float(threshold))).mean()
+    if depth:
+        loss_depth = (net.decode(z_a, 'depth', f_a).float() - t_depth).abs().mean()
+    return ce, loss_depth
 
 
 def weighted_total(terms, weights):
@@ -262,7 +268,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     paper) skips what the deployed path never uses, the heads on E_S (eqs 15, 18) and the
     x'_S path (eq 14): those terms are 0 and cost nothing. The critic, if any, compares the
     real encoder's features of x'_R with those of x_R: what it trains on with what it sees.
-    ``pseudo`` (beyond the paper; ``{'threshold', 'strength'}`` or None = off, both terms 0)
+    ``pseudo`` (beyond the paper; ``{'threshold', 'strength', 'labels', 'depth'}`` or None =
+    off, both terms 0)
     adds self-training on the real frames (``pseudo_terms``).
     """
     x_sim = sim_batch['image']
@@ -290,7 +297,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     }
     if pseudo:
         terms['s2_pseudo_ce'], terms['s2_pseudo_depth'] = pseudo_terms(
-            net, x_real, mu_r, f_r, pseudo['threshold'], pseudo['strength'])
+            net, x_real, mu_r, f_r, pseudo['threshold'], pseudo['strength'],
+            pseudo.get('labels', True), pseudo.get('depth', True))
     else:
         terms['s2_pseudo_ce'] = terms['s2_pseudo_depth'] = _zero_like(mu_s)
     if lean:

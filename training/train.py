@@ -58,9 +58,10 @@ class StageLoss(nn.Module):
         self.sky_as_far = bool(loss_cfg['sky_as_far'])
         self.real_input = str(real_input)
         self.lean = bool(lean)
-        on = any(float(loss_cfg.get(k, 0.0)) > 0 for k in ('s2_pseudo_ce', 's2_pseudo_depth'))
+        on = {k: float(loss_cfg.get(f's2_pseudo_{k}', 0.0)) > 0 for k in ('ce', 'depth')}
         self.pseudo = {'threshold': float(loss_cfg['pseudo_threshold']),
-                       'strength': float(loss_cfg['pseudo_strength'])} if on else None
+                       'strength': float(loss_cfg['pseudo_strength']),
+                       'labels': on['ce'], 'depth': on['depth']} if any(on.values()) else None
 
     def forward(self, first, second=None):
         if self.stage == 'stage1':
