@@ -45,6 +45,19 @@ FALLBACK_SIZE = (192, 640)
 CREATE_CMD = 'python bench/bench_transfer.py'
 
 
+def add_export_arguments(p, default_rows):
+    """Add --data, --runs, --rows and --seeds: which bench_transfer.py exports to read."""
+    p.add_argument('--data', default='outputs/bench_transfer/data',
+                   help='the dataset bench_transfer.py generates (default: %(default)s)')
+    p.add_argument('--runs', default='outputs/bench_transfer/compare/runs',
+                   help='training.compare runs folder; models are read from '
+                        '<runs>/<row>_s<seed>/export (default: %(default)s)')
+    p.add_argument('--rows', nargs='+', default=list(default_rows), metavar='ROW',
+                   help=f'benchmark rows to analyse (default: {" ".join(default_rows)})')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0],
+                   help='training seeds; figures are the mean over them (default: 0)')
+
+
 def build_parser():
     """Return the command line (docs/benchmarks.md)."""
     p = argparse.ArgumentParser(
@@ -55,15 +68,7 @@ def build_parser():
                     'resolution could go (dense ground truth resized and back). Scores the '
                     'exports of python bench/bench_transfer.py on the real-style val split; '
                     'writes depth_errors.json/.md (docs/benchmarks.md).')
-    p.add_argument('--data', default='outputs/bench_transfer/data',
-                   help='the dataset bench_transfer.py generates (default: %(default)s)')
-    p.add_argument('--runs', default='outputs/bench_transfer/compare/runs',
-                   help='training.compare runs folder; models are read from '
-                        '<runs>/<row>_s<seed>/export (default: %(default)s)')
-    p.add_argument('--rows', nargs='+', default=list(DEFAULT_ROWS), metavar='ROW',
-                   help=f'benchmark rows to analyse (default: {" ".join(DEFAULT_ROWS)})')
-    p.add_argument('--seeds', type=int, nargs='+', default=[0],
-                   help='training seeds; figures are the mean over them (default: 0)')
+    add_export_arguments(p, DEFAULT_ROWS)
     p.add_argument('--config', default='cpu',
                    help='preset: data settings and the model size of the resolution bound '
                         '(default: cpu)')

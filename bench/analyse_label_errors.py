@@ -29,6 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+from bench.analyse_depth_errors import add_export_arguments, find_exports  # noqa: E402
 
 DEFAULT_ROWS = ('sim_only', 'sim_only_aug', 'twin_vae_nopseudo', 'twin_vae', 'oracle')
 #: The split bench_transfer.py scores on (training.compare's real-style split).
@@ -50,15 +51,7 @@ def build_parser():
                     'python bench/bench_transfer.py on the real-style val split as '
                     'training.evaluate does; writes label_errors.json/.md '
                     '(docs/benchmarks.md).')
-    p.add_argument('--data', default='outputs/bench_transfer/data',
-                   help='the dataset bench_transfer.py generates (default: %(default)s)')
-    p.add_argument('--runs', default='outputs/bench_transfer/compare/runs',
-                   help='training.compare runs folder; models are read from '
-                        '<runs>/<row>_s<seed>/export (default: %(default)s)')
-    p.add_argument('--rows', nargs='+', default=list(DEFAULT_ROWS), metavar='ROW',
-                   help=f'benchmark rows to analyse (default: {" ".join(DEFAULT_ROWS)})')
-    p.add_argument('--seeds', type=int, nargs='+', default=[0],
-                   help='training seeds; figures are the mean over them (default: 0)')
+    add_export_arguments(p, DEFAULT_ROWS)
     p.add_argument('--config', default='cpu',
                    help='preset: data and eval settings, as bench_transfer.py used '
                         '(default: cpu)')
@@ -78,19 +71,6 @@ def load_frames(data_cfg, settings):
         cfg['max_frames'] = int(settings['max_frames'])
     return [{'image': f['image'], 'labels': f['labels']}
             for _, f in eval_frames(cfg, settings['split']) if f.get('labels') is not None]
-
-
-def find_exports(runs, rows, seeds):
-    """Return {row: {seed: export dir}}; print a note for each missing export."""
-    found = {}
-    for row in rows:
-        for seed in seeds:
-            path = Path(runs) / f'{row}_s{seed}' / 'export'
-            if path.is_dir():
-                found.setdefault(row, {})[seed] = path
-            else:
-                print(f'note: no export at {path}: skipping {row} seed {seed}')
-    return found
 
 
 def batches(frames, size):

@@ -308,13 +308,19 @@ def test_stage2_sim_input_and_critic_train_the_real_encoder():
     assert zero['s2_adv'].item() == 0.0           # no critic: the paper's stage 2
 
 
-def test_lean_stage2_skips_the_sim_encoder_heads_and_costs_less():
+def lean_stage2_inputs():
+    """Return (cfg, twin-VAE in train mode, real images, sim batch) for a stage-2 step."""
     cfg = model_cfg(skips='shared', shared_layers=8)
     torch.manual_seed(0)
     net = TwinVAE(cfg).train()
     x_r, x_s = torch.rand(2, 3, 128, 128) * 2 - 1, torch.rand(2, 3, 128, 128) * 2 - 1
     batch = {'image': x_s, 'depth': torch.rand(2, 1, 128, 128) * 50 + 1,
              'labels': torch.randint(0, 12, (2, 128, 128))}
+    return cfg, net, x_r, batch
+
+
+def test_lean_stage2_skips_the_sim_encoder_heads_and_costs_less():
+    cfg, net, x_r, batch = lean_stage2_inputs()
     calls = []
     hook = net.dec_seg.register_forward_hook(lambda *a: calls.append('seg'))
     full, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim')
@@ -371,12 +377,7 @@ def test_pseudo_terms_train_on_confident_own_labels():
 
 
 def test_stage2_self_training_terms_are_off_unless_asked():
-    cfg = model_cfg(skips='shared', shared_layers=8)
-    torch.manual_seed(0)
-    net = TwinVAE(cfg).train()
-    x_r, x_s = torch.rand(2, 3, 128, 128) * 2 - 1, torch.rand(2, 3, 128, 128) * 2 - 1
-    batch = {'image': x_s, 'depth': torch.rand(2, 1, 128, 128) * 50 + 1,
-             'labels': torch.randint(0, 12, (2, 128, 128))}
+    cfg, net, x_r, batch = lean_stage2_inputs()
     off, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim', lean=True)
     assert off['s2_pseudo_ce'].item() == 0.0 and off['s2_pseudo_depth'].item() == 0.0
     on, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim', lean=True,
