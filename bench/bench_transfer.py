@@ -387,8 +387,9 @@ def main(argv=None):
     results.mkdir(parents=True, exist_ok=True)
     stem = 'bench_transfer_quick' if args.quick else 'bench_transfer'
     best = result['targets'].get('best_adapted')
-    fig = curves(args.out, [n for n in ('sim_only', 'oracle', best) if n], results /
-                 f'{stem}_curves.png', args.seeds)
+    shown = dict.fromkeys(n for n in ('sim_only', 'oracle', best, 'twin_vae')
+                          if n and n in result['rows'])   # and the shipped default
+    fig = curves(args.out, list(shown), results / f'{stem}_curves.png', args.seeds)
     result['curves_png'] = str(fig) if fig else None
     (results / f'{stem}.json').write_text(json.dumps(result, indent=1, default=str))
     (results / f'{stem}.md').write_text(markdown(result))

@@ -15,7 +15,8 @@ Conventions (all terms are means, so weights do not depend on image or latent si
   labelled sky is far too).
 * Cross entropy (eqs 18-19): mean over pixels that are not the ignore index 255.
 
-Every term stays differentiable: nothing here runs under ``torch.no_grad``.
+Every term stays differentiable: only the self-training targets (``pseudo_terms``) are
+computed under ``torch.no_grad``, as targets.
 """
 import math
 
@@ -268,9 +269,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     paper) skips what the deployed path never uses, the heads on E_S (eqs 15, 18) and the
     x'_S path (eq 14): those terms are 0 and cost nothing. The critic, if any, compares the
     real encoder's features of x'_R with those of x_R: what it trains on with what it sees.
-    ``pseudo`` (beyond the paper; ``{'threshold', 'strength', 'labels', 'depth'}`` or None =
-    off, both terms 0)
-    adds self-training on the real frames (``pseudo_terms``).
+    ``pseudo`` (beyond the paper; ``{'threshold', 'strength', 'labels', 'depth'}``, or None:
+    off, both terms 0) adds self-training on the real frames (``pseudo_terms``).
     """
     x_sim = sim_batch['image']
     depth, labels = sim_batch['depth'], sim_batch['labels']
