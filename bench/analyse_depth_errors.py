@@ -119,6 +119,21 @@ def find_exports(runs, rows, seeds):
     return found
 
 
+def dataset_and_exports(args):
+    """Return {row: {seed: export}} for ``args``, or None after saying what is missing."""
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f'error: no dataset at {data}: create it with {CREATE_CMD}', file=sys.stderr)
+        return None
+    exports = find_exports(args.runs, args.rows, args.seeds)
+    if not exports:
+        print(f'error: no model exports at {Path(args.runs)}/<row>_s<seed>/export for rows '
+              f'{" ".join(args.rows)}, seeds {" ".join(map(str, args.seeds))}: create them '
+              f'with {CREATE_CMD}', file=sys.stderr)
+        return None
+    return exports
+
+
 def valid_mask(gt, max_depth):
     """Scored pixels: finite ground truth in (MIN_DEPTH, max_depth), as training.metrics."""
     with np.errstate(invalid='ignore'):
@@ -244,14 +259,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     data = Path(args.data)
-    if not data.is_dir():
-        print(f'error: no dataset at {data}: create it with {CREATE_CMD}', file=sys.stderr)
-        return 2
-    exports = find_exports(args.runs, args.rows, args.seeds)
-    if not exports:
-        print(f'error: no model exports at {Path(args.runs)}/<row>_s<seed>/export for rows '
-              f'{" ".join(args.rows)}, seeds {" ".join(map(str, args.seeds))}: create them '
-              f'with {CREATE_CMD}', file=sys.stderr)
+    exports = dataset_and_exports(args)
+    if exports is None:
         return 2
     from sim2real_perception.config import load_config
     from sim2real_perception.predictor import Predictor

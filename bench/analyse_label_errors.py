@@ -29,7 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from bench.analyse_depth_errors import add_export_arguments, find_exports  # noqa: E402
+from bench.analyse_depth_errors import (add_export_arguments,  # noqa: E402
+                                        dataset_and_exports)
 
 DEFAULT_ROWS = ('sim_only', 'sim_only_aug', 'twin_vae_nopseudo', 'twin_vae', 'oracle')
 #: The split bench_transfer.py scores on (training.compare's real-style split).
@@ -38,7 +39,6 @@ SPLIT = 'val'
 INVALID = 'invalid'
 #: Classes below this share of the labelled pixels are left out of the confusion lists (.md).
 MIN_SHARE_MD = 0.01
-CREATE_CMD = 'python bench/bench_transfer.py'
 
 
 def build_parser():
@@ -73,25 +73,14 @@ def load_frames(data_cfg, settings):
             for _, f in eval_frames(cfg, settings['split']) if f.get('labels') is not None]
 
 
-def batches(frames, size):
-    """Group consecutive frames into lists of at most ``size`` frames of one image size."""
-    batch = []
-    for frame in frames:
-        if batch and (len(batch) >= size or frame['image'].shape != batch[0]['image'].shape):
-            yield batch
-            batch = []
-        batch.append(frame)
-    if batch:
-        yield batch
-
-
 def confusion_of(predictor, frames, settings):
     """Return the SegMetrics of one model over the frames (training.evaluate's batches)."""
-    from training.evaluate import center_crop
+    from training.evaluate import center_crop, frame_batches
     from training.metrics import SegMetrics
     seg = SegMetrics(num_classes=len(predictor.class_names),
                      class_names=predictor.class_names)
-    for batch in batches(frames, int(settings['batch_size'])):
+    for pairs in frame_batches(enumerate(frames), int(settings['batch_size'])):
+        batch = [frame for _, frame in pairs]
         if settings['crop'] == 'center':
             batch = [center_crop(f, predictor.height, predictor.width) for f in batch]
         for frame, pred in zip(batch, predictor.predict_batch([f['image'] for f in batch])):
@@ -200,14 +189,8 @@ def main(argv=None):
         parser.error(f'--top must be at least 1, got {args.top}')
     t0 = time.perf_counter()
     data = Path(args.data)
-    if not data.is_dir():
-        print(f'error: no dataset at {data}: create it with {CREATE_CMD}', file=sys.stderr)
-        return 2
-    exports = find_exports(args.runs, args.rows, args.seeds)
-    if not exports:
-        print(f'error: no model exports at {Path(args.runs)}/<row>_s<seed>/export for rows '
-              f'{" ".join(args.rows)}, seeds {" ".join(map(str, args.seeds))}: create them '
-              f'with {CREATE_CMD}', file=sys.stderr)
+    exports = dataset_and_exports(args)
+    if exports is None:
         return 2
     from sim2real_perception.config import load_config
     from sim2real_perception.predictor import Predictor

@@ -167,8 +167,8 @@ def eval_settings(cfg=None, **overrides):
     return settings
 
 
-def _batches(frames, size):
-    """Group consecutive frames into lists of at most ``size`` frames of one image size."""
+def frame_batches(frames, size):
+    """Group consecutive (count, frame) pairs into lists of at most ``size`` of one image size."""
     batch = []
     for count, frame in frames:
         if batch and (len(batch) >= size or
@@ -199,8 +199,8 @@ def evaluate_models(models, data_cfg, eval_cfg=None, predictors=None, progress=T
         raise ValueError('no model to evaluate')
     bar = None
     done, keep_at = 0, None
-    for batch in _batches(load_frames(data_cfg, eval_cfg['split']),
-                          int(eval_cfg['batch_size'])):
+    for batch in frame_batches(load_frames(data_cfg, eval_cfg['split']),
+                               int(eval_cfg['batch_size'])):
         total = batch[0][0]
         if keep_at is None:
             rows = min(int(eval_cfg['figure_rows']), total)
