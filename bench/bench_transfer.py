@@ -79,6 +79,9 @@ ROWS = (
      "variant: sim_only_aug trained on VKITTI 2's six variations of each sim viewpoint"),
     ('twin_vae_vars', 'twin_vae', WITH_VARIATIONS,
      "variant: the default trained on VKITTI 2's six variations of each sim viewpoint"),
+    ('twin_vae_classmix', 'twin_vae', ['loss.pseudo_mix=classmix'],
+     "variant: the default's self-training view with half of a sim frame's classes pasted "
+     'in (DACS)'),
 )
 #: Rows run by default; the others with --rows (their cost is a 3-seed run each).
 DEFAULT_ROWS = ('mean_prior', 'sim_only', 'oracle', 'twin_vae_paper', 'twin_vae',

@@ -1,5 +1,6 @@
 """The procedural generator: real formats on disk, read back by the same readers, seeded."""
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -153,6 +154,23 @@ def test_gap_parameter_controls_the_appearance_gap():
         real = render_real(geo, layout, cam, style, look, np.random.default_rng(2))
         diffs.append(np.abs(real.astype(np.float32) - sim).mean())
     assert diffs[1] > 2 * diffs[0]
+
+
+def test_real_frames_re_render_with_one_effect_off(gen):
+    """bench/analyse_gap_effects.py's premise: the same scene, only the effect differs."""
+    from training.data.make_procedural import (real_drive_look, real_sequence, render_config,
+                                               render_real_frame)
+    root, manifest = gen
+    cfg = render_config(manifest['request'])
+    style = RealStyle(**cfg['real_style'])
+    seq = real_sequence(cfg, 1)
+    rgb, geo, _, _ = render_real_frame(cfg, 1, 1, seq, style, real_drive_look(cfg, 1, style))
+    on_disk = sorted((root / 'kitti' / 'raw').rglob('image_02/data/*.png'))[3]
+    assert np.array_equal(rgb, cv2.imread(str(on_disk))[..., ::-1])
+    flat = replace(style, texture=0.0)
+    rgb2, geo2, _, _ = render_real_frame(cfg, 1, 1, seq, flat, real_drive_look(cfg, 1, flat))
+    assert np.array_equal(geo.labels, geo2.labels)
+    assert np.abs(rgb.astype(int) - rgb2).mean() > 1.0
 
 
 def test_cli_help_preview_and_errors(gen, tmp_path, capsys):

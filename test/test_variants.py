@@ -376,6 +376,50 @@ def test_pseudo_terms_train_on_confident_own_labels():
                    for p in module.parameters())
 
 
+def test_class_mix_mask_pastes_whole_classes_half_of_them():
+    labels = torch.full((3, 8, 8), 255)
+    labels[:, :, :2], labels[:, :, 2:4], labels[:, :, 4:6], labels[:, :, 6:] = 1, 3, 5, 7
+    labels[1] = 4                                   # one class only: that class is pasted
+    torch.manual_seed(0)
+    m = losses.class_mix_mask(labels, torch.tensor([True, True, False]))
+    torch.manual_seed(0)
+    assert torch.equal(m, losses.class_mix_mask(labels, torch.tensor([True, True, False])))
+    picked = labels[0][m[0]].unique()
+    assert picked.numel() == 2 and bool((m[0] == torch.isin(labels[0], picked)).all())
+    assert bool(m[1].all()) and not bool(m[2].any())   # unlabelled frame: nothing pasted
+    assert not bool(m[0][labels[0] == 255].any())
+
+
+def test_classmix_self_training_learns_the_pasted_sim_labels():
+    cfg = model_cfg(skips='shared', shared_layers=8)
+    torch.manual_seed(0)
+    net = TwinVAE(cfg).eval()
+    x_r, x_s = torch.rand(2, 3, 128, 128) * 2 - 1, torch.rand(2, 3, 128, 128) * 2 - 1
+    sim_labels = torch.stack([torch.full((128, 128), 2), torch.full((128, 128), 9)])
+    mu, _, feats = net.encode_skips(x_r, 'real')
+    mu_s, _, f_s = net.encode_skips(x_s, 'real')
+    mix = {'image': x_s, 'labels': sim_labels, 'has_labels': None,
+           'depth': net.decode(mu_s, 'depth', f_s)}
+    # One class per sim frame: the whole frame is pasted, so the view is the sim frame, the
+    # targets are its labels (even with no confident real pixel) and its own depth.
+    ce, depth = losses.pseudo_terms(net, x_r, mu, feats, threshold=1.01, strength=0.0,
+                                    mix=mix)
+    want = torch.nn.functional.cross_entropy(net.decode(mu_s, 'seg', f_s), sim_labels)
+    assert ce.item() == pytest.approx(want.item(), rel=1e-4)
+    assert depth.item() < 1e-5
+    plain, _ = losses.pseudo_terms(net, x_r, mu, feats, threshold=1.01, strength=0.0)
+    assert plain.item() == 0.0                                        # without the mix: none
+    cfg2, net2, x_r2, batch = lean_stage2_inputs()
+    with pytest.raises(ValueError, match='pseudo_mix'):
+        losses.stage2_terms(net2, batch, x_r2, cfg2, real_input='sim', lean=True,
+                            pseudo={'threshold': 0.0, 'strength': 1.0, 'mix': 'cutmix'})
+    terms, _ = losses.stage2_terms(net2, batch, x_r2, cfg2, real_input='sim', lean=True,
+                                   pseudo={'threshold': 0.9, 'strength': 1.0,
+                                           'mix': 'classmix'})
+    assert terms['s2_pseudo_ce'].item() > 0
+    sum(terms.values()).backward()
+
+
 def test_stage2_self_training_terms_are_off_unless_asked():
     cfg, net, x_r, batch = lean_stage2_inputs()
     off, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim', lean=True)
@@ -387,12 +431,14 @@ def test_stage2_self_training_terms_are_off_unless_asked():
     sum(on.values()).backward()
 
 
-def test_training_with_self_training_logs_its_terms(tiny_data, tmp_path):
+@pytest.mark.parametrize('mix', ['none', 'classmix'])
+def test_training_with_self_training_logs_its_terms(tiny_data, tmp_path, mix):
     from training import train
     cfg = load_config('test', [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')]
                       + ['data.eval.val_fraction=0.25', 'train.stage1_steps=1',
                          'train.stage2_steps=2', 'loss.s2_pseudo_ce=1.0',
-                         'loss.s2_pseudo_depth=1.0', 'loss.pseudo_threshold=0.0'])
+                         'loss.s2_pseudo_depth=1.0', 'loss.pseudo_threshold=0.0',
+                         f'loss.pseudo_mix={mix}'])
     summary = train.run(cfg, tmp_path, method='twin_vae')
     rows = (tmp_path / 'logs' / 'stage2.csv').read_text().splitlines()
     header = rows[0].split(',')

@@ -193,24 +193,69 @@ def strong_view(x, strength=1.0):
     return (u.clamp(0.0, 1.0) * 2.0 - 1.0).to(x.dtype)
 
 
+#: What the self-training view is: the strong view of each real frame (none), or that view
+#: with half of a sim frame's classes pasted in (classmix: DACS's cross-domain ClassMix).
+PSEUDO_MIXES = ('none', 'classmix')
+
+
+def class_mix_mask(labels, has_labels=None):
+    """Per frame, the pixels of a random half (rounded up) of the classes in its labels.
+
+    ClassMix's mask: whole objects and regions, so the pasted pixels keep their context and
+    their labels are exact. Frames without labels (``has_labels`` False) paste nothing.
+    Draws from torch's RNG, so a resumed run draws the same.
+    """
+    masks = []
+    for i, lab in enumerate(labels):
+        classes = torch.unique(lab)
+        classes = classes[classes != IGNORE_INDEX]
+        if has_labels is not None and not bool(has_labels[i]):
+            classes = classes[:0]
+        pick = classes[torch.randperm(classes.numel(), device=lab.device)[
+            :(classes.numel() + 1) // 2]]
+        masks.append(torch.isin(lab, pick))
+    return torch.stack(masks)
+
+
 def pseudo_terms(net, x_real, mu_r, f_r, threshold=0.9, strength=1.0, labels=True,
-                 depth=True):
+                 depth=True, mix=None):
     """Self-training on unlabelled real frames: (cross entropy, depth L1) of a strong view.
 
     The targets are the network's own predictions on the clean view (no gradient): labels
     where the softmax is at least ``threshold`` (the rest ignored, and the mean runs over
     every pixel, so the term grows as the network becomes sure) and the encoded depth.
     ``labels`` / ``depth`` False skip that head (its term is a graph-connected 0).
+    ``mix`` (``{'image', 'labels', 'has_labels', 'depth'}`` of the paired sim batch, its
+    ``depth`` the network's own encoded depth of it) pastes half of each sim frame's classes
+    into the strong view: there the targets are the sim labels (always counted) and that
+    depth, so every mixed frame also carries exact labels in a real-looking context.
     """
     with torch.no_grad():   # the clean view first: the order of the runs measured with it
         t_depth = net.decode(mu_r, 'depth', f_r).float() if depth else None
         conf, target = torch.softmax(net.decode(mu_r, 'seg', f_r).float(), 1).max(1) \
             if labels else (None, None)
-    _, z_a, f_a = net.encode_skips(strong_view(x_real, strength), 'real')
+    view = strong_view(x_real, strength)
+    keep = (conf >= float(threshold)).float() if labels else None
+    if mix is not None:
+        n = min(view.shape[0], mix['image'].shape[0])
+        m = class_mix_mask(mix['labels'][:n], mix.get('has_labels'))
+        if n < view.shape[0]:   # an unpaired last real frame keeps its plain strong view
+            m = torch.cat([m, m.new_zeros((view.shape[0] - n, *m.shape[1:]))])
+        sim_img = torch.cat([mix['image'][:n].to(view.dtype), view[n:]])
+        view = torch.where(m[:, None], sim_img, view)
+        if labels:
+            sim_lab = torch.cat([mix['labels'][:n], target[n:]])
+            target = torch.where(m, sim_lab, target)
+            keep = torch.where(m, torch.ones_like(keep), keep)
+        if depth:
+            sim_d = torch.cat([mix['depth'][:n].detach().float(), t_depth[n:]])
+            t_depth = torch.where(m[:, None], sim_d, t_depth)
+    _, z_a, f_a = net.encode_skips(view, 'real')
     ce = loss_depth = _zero_like(z_a)
     if labels:
-        ce = F.cross_entropy(net.decode(z_a, 'seg', f_a).float(), target, reduction='none')
-        ce = (ce * (conf >= float(threshold))).mean()
+        safe = torch.where(target == IGNORE_INDEX, torch.zeros_like(target), target)
+        ce = F.cross_entropy(net.decode(z_a, 'seg', f_a).float(), safe, reduction='none')
+        ce = (ce * keep * (target != IGNORE_INDEX)).mean()
     if depth:
         loss_depth = (net.decode(z_a, 'depth', f_a).float() - t_depth).abs().mean()
     return ce, loss_depth
@@ -296,9 +341,14 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
         's2_adv': _critic_term(net, model_cfg, (mu_r_fake, f_r_fake), (mu_r, f_r)),
     }
     if pseudo:
+        mix = pseudo.get('mix', 'none')
+        if mix not in PSEUDO_MIXES:
+            raise ValueError(f'loss.pseudo_mix={mix!r} not in {PSEUDO_MIXES}')
         terms['s2_pseudo_ce'], terms['s2_pseudo_depth'] = pseudo_terms(
             net, x_real, mu_r, f_r, pseudo['threshold'], pseudo['strength'],
-            pseudo.get('labels', True), pseudo.get('depth', True))
+            pseudo.get('labels', True), pseudo.get('depth', True),
+            {'image': x_r_fake, 'labels': labels, 'has_labels': has_l, 'depth': d_real}
+            if mix == 'classmix' else None)
     else:
         terms['s2_pseudo_ce'] = terms['s2_pseudo_depth'] = _zero_like(mu_s)
     if lean:

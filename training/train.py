@@ -61,7 +61,8 @@ class StageLoss(nn.Module):
         on = {k: float(loss_cfg.get(f's2_pseudo_{k}', 0.0)) > 0 for k in ('ce', 'depth')}
         self.pseudo = {'threshold': float(loss_cfg['pseudo_threshold']),
                        'strength': float(loss_cfg['pseudo_strength']),
-                       'labels': on['ce'], 'depth': on['depth']} if any(on.values()) else None
+                       'labels': on['ce'], 'depth': on['depth'],
+                       'mix': str(loss_cfg['pseudo_mix'])} if any(on.values()) else None
 
     def forward(self, first, second=None):
         if self.stage == 'stage1':

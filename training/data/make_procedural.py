@@ -126,6 +126,30 @@ def _render_task(task):
         cv2.setNumThreads(threads)
 
 
+def real_drive_look(cfg, index, style):
+    """Return drive ``index``'s appearance (``real_look``) and its camera height."""
+    look_rng = np.random.default_rng([cfg['seed'], REAL, index, 1])
+    look = real_look(look_rng, style)
+    look['cam_height_m'] = style.cam_height_m + style.gap * look_rng.normal(0.0, 0.03)
+    return look
+
+
+def render_real_frame(cfg, index, k, seq, style, look):
+    """Render frame ``k`` of real drive ``index``: (rgb, geometry, camera, frame rng).
+
+    The random draws that decide the scene (layout, path, sun, pitch) do not depend on the
+    style's effect sizes, so the same frame re-rendered with one effect off (as
+    bench/analyse_gap_effects.py does) shows the same scene; ``rng`` continues into
+    ``lidar_depth``.
+    """
+    rng = np.random.default_rng([cfg['seed'], REAL, index, 2, k])
+    pitch = style.pitch_deg + style.gap * rng.normal(0.0, 0.3)   # body pitching
+    cam = Camera.kitti_like(cfg['height'], cfg['width'], look['cam_height_m'], seq['x'][k],
+                            seq['z'][k], pitch, seq['yaw_deg'][k])
+    geo = ray_cast(seq['layout'], cam)
+    return render_real(geo, seq['layout'], cam, style, look, rng), geo, cam, rng
+
+
 def _render_frames(cfg, domain, index, start, stop):
     seq = _sequence(cfg['seed'], domain, index, cfg['frames'][domain][index])
     h, w, layout = cfg['height'], cfg['width'], seq['layout']
@@ -158,18 +182,11 @@ def _render_frames(cfg, domain, index, start, stop):
                 stats.setdefault(f'sim/{variation}', []).append(_image_stats(rgb))
     else:
         style = RealStyle(**cfg['real_style'])
-        look_rng = np.random.default_rng([cfg['seed'], domain, index, 1])
-        look = real_look(look_rng, style)
-        cam_height = style.cam_height_m + style.gap * look_rng.normal(0.0, 0.03)
+        look = real_drive_look(cfg, index, style)
         drive = out / 'kitti' / 'raw' / KITTI_DATE / drive_name(index)
         depth_dir = out / 'kitti' / 'depth_annotated' / 'train' / drive_name(index) / 'proj_depth'
         for k in range(start, stop):
-            rng = np.random.default_rng([cfg['seed'], domain, index, 2, k])
-            pitch = style.pitch_deg + style.gap * rng.normal(0.0, 0.3)   # body pitching
-            cam = Camera.kitti_like(h, w, cam_height, seq['x'][k], seq['z'][k], pitch,
-                                    seq['yaw_deg'][k])
-            geo = ray_cast(layout, cam)
-            rgb = render_real(geo, layout, cam, style, look, rng)
+            rgb, geo, cam, rng = render_real_frame(cfg, index, k, seq, style, look)
             sparse = lidar_depth(geo, cam, style, rng)
             name = f'{k:010d}.png'
             write_rgb(drive / 'image_02' / 'data' / name, rgb)
@@ -245,6 +262,28 @@ def _prepare_out(out, overwrite, request):
     return None
 
 
+def render_config(request, out=''):
+    """Return the render settings of a generate() request (a manifest's ``request``)."""
+    seq_len = int(request['frames_per_sequence'])
+    frames = {d: _split(n, math.ceil(n / seq_len)) if n else []
+              for d, n in ((SIM, int(request['sim_frames'])),
+                           (REAL, int(request['real_frames'])))}
+    return {'out': str(out), 'seed': int(request['seed']), 'height': int(request['height']),
+            'width': int(request['width']), 'variations': list(request['variations']),
+            'frames': frames, 'sim_style': _tuples(request['sim_style']),
+            'real_style': _tuples(request['real_style'])}
+
+
+def _tuples(style):
+    """A style dict from JSON with its lists back as the dataclass's tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in style.items()}
+
+
+def real_sequence(cfg, index):
+    """Return real drive ``index``'s scene, layout and camera path."""
+    return _sequence(cfg['seed'], REAL, index, cfg['frames'][REAL][index])
+
+
 def generate(out, sim_frames=DEFAULT_SIM_FRAMES, real_frames=DEFAULT_REAL_FRAMES,
              height=DEFAULT_HEIGHT, width=DEFAULT_WIDTH, seed=0, gap=1.0,
              variations=('clone',), frames_per_sequence=DEFAULT_SEQUENCE_FRAMES, workers=None,
@@ -271,15 +310,12 @@ def generate(out, sim_frames=DEFAULT_SIM_FRAMES, real_frames=DEFAULT_REAL_FRAMES
     sim = style_from_overrides(SimStyle(), sim_style)
     real = style_from_overrides(replace(RealStyle(), gap=float(gap)), real_style)
     workers = default_workers() if workers is None else max(1, int(workers))
-    frames = {SIM: _split(sim_frames, math.ceil(sim_frames / seq_len)) if sim_frames else [],
-              REAL: _split(real_frames, math.ceil(real_frames / seq_len)) if real_frames else []}
-    cfg = {'out': str(out), 'seed': int(seed), 'height': height, 'width': width,
-           'variations': variations, 'frames': frames, 'sim_style': asdict(sim),
-           'real_style': asdict(real)}
     request = json.loads(json.dumps({
         'sim_frames': sim_frames, 'real_frames': real_frames, 'height': height, 'width': width,
         'seed': int(seed), 'variations': variations, 'frames_per_sequence': seq_len,
-        'sim_style': cfg['sim_style'], 'real_style': cfg['real_style']}))
+        'sim_style': asdict(sim), 'real_style': asdict(real)}))
+    cfg = render_config(request, out)
+    frames = cfg['frames']
     focal = Camera.kitti_like(height, width, 1.0).fx
     existing = _prepare_out(out, overwrite, request)
     if existing is not None:
