@@ -32,7 +32,8 @@ if str(REPO) not in sys.path:
 from bench.analyse_depth_errors import (add_export_arguments,  # noqa: E402
                                         dataset_and_exports)
 
-DEFAULT_ROWS = ('sim_only', 'sim_only_aug', 'twin_vae_nopseudo', 'twin_vae', 'oracle')
+DEFAULT_ROWS = ('sim_only', 'sim_only_aug', 'twin_vae_nopseudo', 'twin_vae_warm_mmd', 'twin_vae',
+                'oracle')
 #: The split bench_transfer.py scores on (training.compare's real-style split).
 SPLIT = 'val'
 #: Name of the confusion matrix's last column: predictions outside the class ids.

@@ -24,22 +24,27 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+#: The recipe before this release's default: a 20-step stage-1 warm start of the twin VAE
+#: and the latent MMD of eq 13 in stage 2 (bench/diagnose_label_speed.py: both slow the label
+#: head). Every older twin-VAE row pins it, so their runs stay valid.
+WARM_MMD = ['train.stage1_steps=20', 'loss.s2_mmd_s2r=1.0']
 #: The paper's recipe on the cpu preset's network size and step budget: no skips, section
 #: 3.2's three shared layers, linear depth, every loss weight 1 (eqs 10, 17, 20 unweighted),
 #: no prior residual, the translated sim frames in stage 2, no critic, no sim randomisation,
-#: constant lr. Its full stage 2 costs twice the lean one per step, so it gets half the
-#: steps: same wall time.
-PAPER_RECIPE = ['model.skips=none', 'model.shared_layers=3', 'model.depth_encoding=linear',
-                'model.prior=none',
-                'train.stage2_real_input=translated', 'train.lr_schedule=constant',
-                'train.stage2_lean=false', 'train.stage2_steps=120',  # the same ~5 min
-                'loss.s2_adv=0.0', 'loss.s2_pseudo_ce=0.0', 'loss.s2_pseudo_depth=0.0',
-                'data.sim.appearance_aug=0.0'] + [
+#: constant lr, the stage-1 warm start and the latent MMD. Its full stage 2 costs twice the
+#: lean one per step, so it gets half the steps: same wall time.
+PAPER_RECIPE = WARM_MMD + [
+    'model.skips=none', 'model.shared_layers=3', 'model.depth_encoding=linear',
+    'model.prior=none', 'train.stage2_real_input=translated', 'train.lr_schedule=constant',
+    'train.stage2_lean=false', 'train.stage2_steps=120',  # the same ~5 min
+    'loss.s2_adv=0.0', 'loss.s2_pseudo_ce=0.0', 'loss.s2_pseudo_depth=0.0',
+    'data.sim.appearance_aug=0.0'] + [
     f'loss.{k}=1.0' for k in ('recon_real', 'recon_sim', 'cycle_real', 'cycle_sim', 'kl_real',
                               'kl_sim', 's2_kl_real', 's2_kl_sim')]
 #: The previous default (before self-training): no self-training terms, 240 stage-2 steps
 #: (the same ~5.7 min). The older ablations are of this recipe, so their runs stay valid.
-NO_PSEUDO = ['loss.s2_pseudo_ce=0.0', 'loss.s2_pseudo_depth=0.0', 'train.stage2_steps=240']
+PSEUDO_OFF = ['loss.s2_pseudo_ce=0.0', 'loss.s2_pseudo_depth=0.0']
+NO_PSEUDO = WARM_MMD + PSEUDO_OFF + ['train.stage2_steps=240']
 #: Virtual KITTI 2 renders every clone viewpoint again at other times of day and weathers;
 #: the ``*_vars`` rows train on six of them (the same viewpoints, 6x the sim images) from a
 #: tree of their own (``--out``/data_variations), so every other row's data stays as it is.
@@ -58,16 +63,19 @@ ROWS = (
     ('twin_vae', 'twin_vae', [], 'the cpu preset recipe (shipped default)'),
     ('sim_only_aug', 'sim_only', [],
      'ablation: sim_only with the sim appearance randomisation, no twin-VAE'),
+    ('twin_vae_warm_mmd', 'twin_vae', WARM_MMD,
+     'ablation: the default with the stage-1 warm start and the latent MMD (the previous '
+     'default)'),
     ('twin_vae_nopseudo', 'twin_vae', NO_PSEUDO,
-     'ablation: the default without self-training on real frames (the previous default)'),
-    ('twin_vae_pseudo_ce', 'twin_vae', ['loss.s2_pseudo_depth=0.0'],
-     'ablation: self-training on labels only (no depth consistency on real frames)'),
-    ('twin_vae_pseudo_depth', 'twin_vae', ['loss.s2_pseudo_ce=0.0'],
-     'ablation: depth consistency on real frames only (no self-training on labels)'),
+     'ablation: twin_vae_warm_mmd without self-training on real frames (the default before)'),
+    ('twin_vae_pseudo_ce', 'twin_vae', WARM_MMD + ['loss.s2_pseudo_depth=0.0'],
+     'ablation: twin_vae_warm_mmd self-training on labels only (no depth consistency)'),
+    ('twin_vae_pseudo_depth', 'twin_vae', WARM_MMD + ['loss.s2_pseudo_ce=0.0'],
+     'ablation: twin_vae_warm_mmd with depth consistency on real frames only'),
     ('twin_vae_noadv', 'twin_vae', NO_PSEUDO + ['loss.s2_adv=0.0'],
      'ablation: twin_vae_nopseudo without the feature critic'),
-    ('twin_vae_translated', 'twin_vae', NO_PSEUDO[:2] + ['train.stage2_real_input=translated',
-                                                         'train.stage2_steps=160'],
+    ('twin_vae_translated', 'twin_vae', WARM_MMD + PSEUDO_OFF + [
+        'train.stage2_real_input=translated', 'train.stage2_steps=160'],
      "ablation: twin_vae_nopseudo with the paper's translated sim frames for E_R"),
     ('twin_vae_noskip', 'twin_vae', NO_PSEUDO + ['model.skips=none'],
      'ablation: twin_vae_nopseudo without skips from the shared encoder layers'),
@@ -77,15 +85,15 @@ ROWS = (
      'ablation: sim_only without the residual over the sim prior'),
     ('sim_only_aug_vars', 'sim_only', WITH_VARIATIONS,
      "variant: sim_only_aug trained on VKITTI 2's six variations of each sim viewpoint"),
-    ('twin_vae_vars', 'twin_vae', WITH_VARIATIONS,
-     "variant: the default trained on VKITTI 2's six variations of each sim viewpoint"),
-    ('twin_vae_classmix', 'twin_vae', ['loss.pseudo_mix=classmix'],
-     "variant: the default's self-training view with half of a sim frame's classes pasted "
-     'in (DACS)'),
+    ('twin_vae_vars', 'twin_vae', WARM_MMD + WITH_VARIATIONS,
+     "variant: twin_vae_warm_mmd trained on VKITTI 2's six variations of each sim viewpoint"),
+    ('twin_vae_classmix', 'twin_vae', WARM_MMD + ['loss.pseudo_mix=classmix'],
+     "variant: twin_vae_warm_mmd's self-training view with half of a sim frame's classes "
+     'pasted in (DACS)'),
 )
 #: Rows run by default; the others with --rows (their cost is a 3-seed run each).
 DEFAULT_ROWS = ('mean_prior', 'sim_only', 'oracle', 'twin_vae_paper', 'twin_vae',
-                'sim_only_aug')
+                'sim_only_aug', 'twin_vae_warm_mmd')
 BASELINES = ('mean_prior', 'sim_only', 'oracle')
 #: Virtual KITTI 2 clones KITTI's camera (height, pitch), so the sim camera here matches
 #: the real-style one: the gap left is appearance, the part adaptation can close.

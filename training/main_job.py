@@ -52,7 +52,8 @@ METHOD_SETS = {'sim_only': ('data.sim.appearance_aug=0.0',)}
 
 #: Data sizes and the training preset per mode (all overridable on the command line).
 PROFILES = {
-    'full': {'config': 'cpu', 'threads': 0, 'sim_frames': 300, 'real_frames': 300,
+    # full = bench/bench_transfer.py's data (its seed-0 runs are the main job's trainings)
+    'full': {'config': 'cpu', 'threads': 0, 'sim_frames': 600, 'real_frames': 600,
              'height': 192, 'width': 640, 'frames_per_sequence': 50, 'eval_frames': 0,
              'val_fraction': 0.1},
     'quick': {'config': 'test', 'threads': 1, 'sim_frames': 8, 'real_frames': 16,
@@ -118,10 +119,10 @@ def build_parser():
     p.add_argument('--config', default=None,
                    help='training/eval preset or YAML (default: cpu; test with --quick)')
     p.add_argument('--sim-frames', type=int, default=None,
-                   help='procedural sim frames (default: 300; 8 with --quick)')
+                   help='procedural sim frames (default: 600; 8 with --quick)')
     p.add_argument('--real-frames', type=int, default=None,
                    help='procedural real-style frames; the last --val-fraction of every '
-                        'drive is the eval split (default: 300; 16 with --quick)')
+                        'drive is the eval split (default: 600; 16 with --quick)')
     p.add_argument('--height', type=int, default=None,
                    help='generated frame height (default: 192; 64 with --quick)')
     p.add_argument('--width', type=int, default=None,

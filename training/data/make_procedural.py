@@ -275,7 +275,7 @@ def render_config(request, out=''):
 
 
 def _tuples(style):
-    """A style dict from JSON with its lists back as the dataclass's tuples."""
+    """Return a style dict from JSON with its lists back as the dataclass's tuples."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in style.items()}
 
 
