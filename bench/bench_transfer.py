@@ -63,6 +63,8 @@ ROWS = (
     ('twin_vae', 'twin_vae', [], 'the cpu preset recipe (shipped default)'),
     ('sim_only_aug', 'sim_only', [],
      'ablation: sim_only with the sim appearance randomisation, no twin-VAE'),
+    ('twin_vae_240', 'twin_vae', ['train.stage2_steps=240'],
+     'ablation: the default with 240 stage-2 steps, the time its 1-step stage 1 frees'),
     ('twin_vae_warm_mmd', 'twin_vae', WARM_MMD,
      'ablation: the default with the stage-1 warm start and the latent MMD (the previous '
      'default)'),
