@@ -252,10 +252,9 @@ def pseudo_terms(net, x_real, mu_r, f_r, threshold=0.9, strength=1.0, labels=Tru
             t_depth = torch.where(m[:, None], sim_d, t_depth)
     _, z_a, f_a = net.encode_skips(view, 'real')
     ce = loss_depth = _zero_like(z_a)
-    if labels:
-        safe = torch.where(target == IGNORE_INDEX, torch.zeros_like(target), target)
-        ce = F.cross_entropy(net.decode(z_a, 'seg', f_a).float(), safe, reduction='none')
-        ce = (ce * keep * (target != IGNORE_INDEX)).mean()
+    if labels:   # targets are argmax labels or pasted classes, never IGNORE_INDEX
+        ce = F.cross_entropy(net.decode(z_a, 'seg', f_a).float(), target, reduction='none')
+        ce = (ce * keep).mean()
     if depth:
         loss_depth = (net.decode(z_a, 'depth', f_a).float() - t_depth).abs().mean()
     return ce, loss_depth
