@@ -106,6 +106,22 @@ def test_depth_loss_uses_valid_pixels_only_and_encodes_far_and_sky():
     assert pred.grad[0, 0, 1, 0] == 0 and pred.grad[0, 0, 0, 1] != 0
 
 
+def test_depth_loss_l1_norm_is_the_mean_absolute_code_error():
+    cfg = _cfg()
+    depth = torch.tensor([[[[10.0, 0.0], [10.0, float('inf')]]]])
+    t10 = encode_depth(torch.tensor(10.0), cfg.depth_encoding, cfg.min_depth,
+                       cfg.max_depth).item()
+    # errors 0.5, (ignored), -0.1, -1.0 on the three valid pixels
+    pred = torch.tensor([[[[t10 + 0.5, 0.7], [t10 - 0.1, 0.0]]]])
+    l1 = losses.depth_loss(pred, depth, cfg, None, norm='l1').item()
+    l2 = losses.depth_loss(pred, depth, cfg, None, norm='l2').item()
+    assert l1 == pytest.approx(1.6 / 3, rel=1e-5)
+    assert l2 == pytest.approx(1.26 / 3, rel=1e-5)
+    assert losses.depth_loss(pred, depth, cfg, None).item() == pytest.approx(l2)
+    with pytest.raises(ValueError, match='depth_norm'):
+        losses.depth_loss(pred, depth, cfg, None, norm='huber')
+
+
 def test_depth_loss_without_valid_pixels_is_zero_with_graph():
     cfg = _cfg()
     pred = torch.zeros(2, 1, 2, 2, requires_grad=True)

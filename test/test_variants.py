@@ -431,6 +431,23 @@ def test_stage2_self_training_terms_are_off_unless_asked():
     sum(on.values()).backward()
 
 
+@pytest.mark.parametrize('norm', ['l2', 'l1'])
+def test_stage_loss_reads_the_depth_norm(norm):
+    from training.train import StageLoss
+    cfg, net, x_r, batch = lean_stage2_inputs()
+    loss_cfg = {**load_config('test')['loss'], 'depth_norm': norm}
+    terms, images = StageLoss(net, 'stage2', cfg, loss_cfg, 'sim', lean=True)(
+        batch, {'image': x_r})
+    expected = {n: losses.depth_loss(images['depth_pred'], batch['depth'], cfg,
+                                     batch['labels'], norm=n).item() for n in ('l2', 'l1')}
+    assert abs(expected['l1'] - expected['l2']) > 1e-3
+    assert terms['depth_real'].item() == pytest.approx(expected[norm], rel=1e-5)
+    sup, sup_images = StageLoss(net, 'supervised', cfg, loss_cfg)(batch)
+    assert sup['depth'].item() == pytest.approx(losses.depth_loss(
+        sup_images['depth_pred'], batch['depth'], cfg, batch['labels'], norm=norm).item(),
+        rel=1e-5)
+
+
 @pytest.mark.parametrize('mix', ['none', 'classmix'])
 def test_training_with_self_training_logs_its_terms(tiny_data, tmp_path, mix):
     from training import train

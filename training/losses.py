@@ -148,18 +148,28 @@ def depth_targets(depth, model_cfg, labels=None, sky_as_far=True):
     return target, valid
 
 
-def depth_loss(pred, depth, model_cfg, labels=None, sample_mask=None, sky_as_far=True):
-    """Masked MSE between tanh outputs and encoded targets over valid pixels (eqs 15-16).
+#: Norms of the depth error: l2 (the paper's MSE, eqs 15-16) | l1 (beyond the paper).
+DEPTH_NORMS = ('l2', 'l1')
 
-    ``sample_mask`` (B bools, e.g. ``has_depth``) drops whole frames without depth.
+
+def depth_loss(pred, depth, model_cfg, labels=None, sample_mask=None, sky_as_far=True,
+               norm='l2'):
+    """Masked MSE (or L1) between tanh outputs and encoded targets over valid pixels.
+
+    ``sample_mask`` (B bools, e.g. ``has_depth``) drops whole frames without depth. ``l1``
+    on log depth is a relative error like AbsRel, and lets no pixel (a sky edge taken for a
+    tree top: a code error near 1) outweigh a thousand small ones, as its square does.
     """
+    if norm not in DEPTH_NORMS:
+        raise ValueError(f'loss.depth_norm={norm!r} not in {DEPTH_NORMS}')
     target, valid = depth_targets(depth, model_cfg, labels, sky_as_far)
     if sample_mask is not None:
         valid = valid & sample_mask.to(valid.device).view(-1, 1, 1, 1).bool()
     pred = pred.float()
     if not bool(valid.any()):
         return _zero_like(pred)
-    return (pred - target)[valid].pow(2).mean()
+    err = (pred - target)[valid]
+    return err.abs().mean() if norm == 'l1' else err.pow(2).mean()
 
 
 def seg_loss(logits, labels, sample_mask=None):
@@ -303,7 +313,8 @@ REAL_INPUTS = ('translated', 'sim')
 
 
 def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
-                 sky_as_far=True, real_input='translated', lean=False, pseudo=None):
+                 sky_as_far=True, real_input='translated', lean=False, pseudo=None,
+                 depth_norm='l2'):
     """Compute the stage-2 terms (eqs 11-20) for paired sim and unpaired real images.
 
     x'_R = G_R(z_S), z'_R = E_R(x'_R); x'_S = G_S(z_R), z'_S = E_S(x'_S). Depth and
@@ -315,6 +326,7 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     real encoder's features of x'_R with those of x_R: what it trains on with what it sees.
     ``pseudo`` (beyond the paper; ``{'threshold', 'strength', 'labels', 'depth'}``, or None:
     off, both terms 0) adds self-training on the real frames (``pseudo_terms``).
+    ``depth_norm`` is ``depth_loss``'s ``norm``.
     """
     x_sim = sim_batch['image']
     depth, labels = sim_batch['depth'], sim_batch['labels']
@@ -335,7 +347,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
         's2_kl_real': kl_unit(mu_r_fake),
         's2_kl_sim': kl_unit(mu_s),
         's2_mmd_s2r': mmd_two_sample(pick(mu_s, z_s), pick(mu_r_fake, z_r_fake), gamma_scale),
-        'depth_real': depth_loss(d_real, depth, model_cfg, labels, has_d, sky_as_far),
+        'depth_real': depth_loss(d_real, depth, model_cfg, labels, has_d, sky_as_far,
+                                 depth_norm),
         'ce_real': seg_loss(s_real, labels, has_l),
         's2_adv': _critic_term(net, model_cfg, (mu_r_fake, f_r_fake), (mu_r, f_r)),
     }
@@ -360,7 +373,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
         d_show, s_show = net.decode(z_s, 'depth', f_s), net.decode(z_s, 'seg', f_s)
         terms.update(
             s2_mmd_r2s=mmd_two_sample(pick(mu_s_fake, z_s_fake), pick(mu_r, z_r), gamma_scale),
-            depth_sim=depth_loss(d_show, depth, model_cfg, labels, has_d, sky_as_far),
+            depth_sim=depth_loss(d_show, depth, model_cfg, labels, has_d, sky_as_far,
+                                 depth_norm),
             ce_sim=seg_loss(s_show, labels, has_l))
     terms = {k: terms[k] for k in STAGE2_TERMS}   # the documented order
     images = {'sim': x_sim, 'sim_to_real': x_r_fake, 'depth_pred': d_show, 'seg_pred': s_show,
@@ -380,14 +394,14 @@ def _critic_term(net, model_cfg, sim, real):
     return adversarial_loss(critic, sim[1][scale], real[1][scale])
 
 
-def supervised_terms(net, batch, model_cfg, sky_as_far=True):
+def supervised_terms(net, batch, model_cfg, sky_as_far=True, depth_norm='l2'):
     """Baseline terms: real encoder + heads supervised directly on one labelled domain."""
     x = batch['image']
     _, z, feats = net.encode_skips(x, 'real')
     d, s = net.decode(z, 'depth', feats), net.decode(z, 'seg', feats)
     terms = {
         'depth': depth_loss(d, batch['depth'], model_cfg, batch['labels'],
-                            batch.get('has_depth'), sky_as_far),
+                            batch.get('has_depth'), sky_as_far, depth_norm),
         'ce': seg_loss(s, batch['labels'], batch.get('has_labels')),
     }
     images = {'image': x, 'depth_pred': d, 'seg_pred': s, 'depth': batch['depth'],

@@ -56,6 +56,7 @@ class StageLoss(nn.Module):
         self.gamma = float(loss_cfg['mmd_gamma_scale'])
         self.mmd_on = str(loss_cfg['mmd_on'])
         self.sky_as_far = bool(loss_cfg['sky_as_far'])
+        self.depth_norm = str(loss_cfg['depth_norm'])
         self.real_input = str(real_input)
         self.lean = bool(lean)
         on = {k: float(loss_cfg.get(f's2_pseudo_{k}', 0.0)) > 0 for k in ('ce', 'depth')}
@@ -71,8 +72,10 @@ class StageLoss(nn.Module):
         if self.stage == 'stage2':
             return losses.stage2_terms(self.net, first, second['image'], self.model_cfg,
                                        self.gamma, self.mmd_on, self.sky_as_far,
-                                       self.real_input, self.lean, self.pseudo)
-        return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far)
+                                       self.real_input, self.lean, self.pseudo,
+                                       self.depth_norm)
+        return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far,
+                                       self.depth_norm)
 
 
 def stage_plan(method, stage):
