@@ -335,6 +335,37 @@ def test_lean_stage2_skips_the_sim_encoder_heads_and_costs_less():
     sum(lean.values()).backward()           # the zeros stay in the graph
 
 
+def test_lean_stage2_without_eqs_12_13_skips_the_sim_encoder():
+    from training.train import needs_sim_encoder, StageLoss
+    cfg, net, x_r, batch = lean_stage2_inputs()
+    stem_calls = []
+    hook = net.enc_sim.layers[0].register_forward_hook(lambda *a: stem_calls.append(1))
+    on, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim', lean=True)
+    n_on, stem_calls[:] = len(stem_calls), []
+    off, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim', lean=True,
+                                 sim_encoder=False)
+    hook.remove()
+    assert (n_on, len(stem_calls)) == (1, 0)
+    assert off['s2_kl_sim'].item() == 0.0 and on['s2_kl_sim'].item() > 0
+    assert list(off) == list(losses.STAGE2_TERMS) and off['ce_real'].item() > 0
+    sum(off.values()).backward()
+    assert net.enc_sim.layers[0][0].weight.grad is None
+    with pytest.raises(ValueError, match='E_S'):
+        losses.stage2_terms(net, batch, x_r, cfg, real_input='translated', lean=True,
+                            sim_encoder=False)
+    zero = {'s2_kl_sim': 0.0, 's2_mmd_s2r': 0.0}
+    loss_cfg = {**load_config('test')['loss'], **zero}
+    hook = net.enc_sim.layers[0].register_forward_hook(lambda *a: stem_calls.append(1))
+    StageLoss(net, 'stage2', cfg, loss_cfg, 'sim', lean=True)(batch, {'image': x_r})
+    StageLoss(net, 'stage2', cfg, {**loss_cfg, 's2_kl_sim': 0.01}, 'sim', lean=True)(
+        batch, {'image': x_r})
+    hook.remove()
+    assert len(stem_calls) == 1    # only the second, which weighs eq 12
+    assert not needs_sim_encoder(zero, 'sim', True)
+    assert needs_sim_encoder({**zero, 's2_kl_sim': 0.01}, 'sim', True)
+    assert needs_sim_encoder(zero, 'translated', True) and needs_sim_encoder(zero, 'sim', False)
+
+
 def test_strong_view_is_a_photometric_re_rendering():
     torch.manual_seed(0)
     x = torch.rand(3, 3, 16, 16) * 2 - 1
@@ -461,6 +492,26 @@ def test_training_with_self_training_logs_its_terms(tiny_data, tmp_path, mix):
     header = rows[0].split(',')
     last = dict(zip(header, rows[-1].split(',')))
     assert float(last['s2_pseudo_ce']) > 0 and float(last['s2_pseudo_depth']) > 0
+    assert load_depth_seg_net(summary['export_dir'])[0] is not None
+
+
+def test_training_without_eqs_12_13_leaves_the_sim_stem_untrained(tiny_data, tmp_path):
+    from training import train
+    from training.checkpoint import load_checkpoint
+    cfg = load_config('test', [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')]
+                      + ['data.eval.val_fraction=0.25', 'train.stage1_steps=1',
+                         'train.stage2_steps=2', 'train.stage2_lean=true',
+                         'train.stage2_real_input=sim', 'model.skips=shared',
+                         'model.shared_layers=8', 'loss.s2_kl_sim=0.0', 'loss.s2_mmd_s2r=0.0'])
+    summary = train.run(cfg, tmp_path, method='twin_vae')   # E_S's stem has no gradient
+    nets = {}
+    for tag in ('stage1_last', 'stage2_last'):
+        nets[tag] = TwinVAE(cfg['model'])
+        load_checkpoint(tmp_path / 'checkpoints', tag, nets[tag])
+    a, b = nets['stage1_last'], nets['stage2_last']
+    assert torch.equal(a.enc_sim.layers[0][0].weight, b.enc_sim.layers[0][0].weight)
+    assert not torch.equal(a.enc_real.layers[0][0].weight, b.enc_real.layers[0][0].weight)
+    assert not torch.equal(a.enc_real.layers[-1][0].weight, b.enc_real.layers[-1][0].weight)
     assert load_depth_seg_net(summary['export_dir'])[0] is not None
 
 

@@ -314,7 +314,7 @@ REAL_INPUTS = ('translated', 'sim')
 
 def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
                  sky_as_far=True, real_input='translated', lean=False, pseudo=None,
-                 depth_norm='l2'):
+                 depth_norm='l2', sim_encoder=True):
     """Compute the stage-2 terms (eqs 11-20) for paired sim and unpaired real images.
 
     x'_R = G_R(z_S), z'_R = E_R(x'_R); x'_S = G_S(z_R), z'_S = E_S(x'_S). Depth and
@@ -326,14 +326,17 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     real encoder's features of x'_R with those of x_R: what it trains on with what it sees.
     ``pseudo`` (beyond the paper; ``{'threshold', 'strength', 'labels', 'depth'}``, or None:
     off, both terms 0) adds self-training on the real frames (``pseudo_terms``).
-    ``depth_norm`` is ``depth_loss``'s ``norm``.
+    ``depth_norm`` is ``depth_loss``'s ``norm``. ``sim_encoder=False`` (lean, sim input
+    only) skips E_S altogether: eqs 12-13 are then 0, and nothing else reads it.
     """
     x_sim = sim_batch['image']
     depth, labels = sim_batch['depth'], sim_batch['labels']
     has_d, has_l = sim_batch.get('has_depth'), sim_batch.get('has_labels')
     if real_input not in REAL_INPUTS:
         raise ValueError(f'train.stage2_real_input={real_input!r} not in {REAL_INPUTS}')
-    mu_s, z_s, f_s = net.encode_skips(x_sim, 'sim')
+    if not sim_encoder and not (lean and real_input == 'sim'):
+        raise ValueError('stage 2 needs E_S unless it is lean with the sim frames for E_R')
+    mu_s, z_s, f_s = net.encode_skips(x_sim, 'sim') if sim_encoder else (None, None, None)
     # At a small budget G_R(z_S) is a blur of the scene (everything passes a 2x4 latent),
     # so 'sim' feeds the sim frame itself to E_R: the heads learn the real encoder's path
     # on aligned pixels, and the latent terms and the critic do the aligning.
@@ -345,8 +348,9 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     s_real = net.decode(z_r_fake, 'seg', f_r_fake)
     terms = {
         's2_kl_real': kl_unit(mu_r_fake),
-        's2_kl_sim': kl_unit(mu_s),
-        's2_mmd_s2r': mmd_two_sample(pick(mu_s, z_s), pick(mu_r_fake, z_r_fake), gamma_scale),
+        's2_kl_sim': kl_unit(mu_s) if sim_encoder else _zero_like(mu_r_fake),
+        's2_mmd_s2r': mmd_two_sample(pick(mu_s, z_s), pick(mu_r_fake, z_r_fake), gamma_scale)
+        if sim_encoder else _zero_like(mu_r_fake),
         'depth_real': depth_loss(d_real, depth, model_cfg, labels, has_d, sky_as_far,
                                  depth_norm),
         'ce_real': seg_loss(s_real, labels, has_l),
@@ -362,9 +366,9 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
             {'image': x_r_fake, 'labels': labels, 'has_labels': has_l, 'depth': d_real}
             if mix == 'classmix' else None)
     else:
-        terms['s2_pseudo_ce'] = terms['s2_pseudo_depth'] = _zero_like(mu_s)
+        terms['s2_pseudo_ce'] = terms['s2_pseudo_depth'] = _zero_like(mu_r)
     if lean:
-        zero = _zero_like(mu_s)
+        zero = _zero_like(mu_r)
         terms.update(s2_mmd_r2s=zero, depth_sim=zero, ce_sim=zero)
         d_show, s_show = d_real, s_real
     else:

@@ -59,6 +59,7 @@ class StageLoss(nn.Module):
         self.depth_norm = str(loss_cfg['depth_norm'])
         self.real_input = str(real_input)
         self.lean = bool(lean)
+        self.sim_encoder = needs_sim_encoder(loss_cfg, real_input, lean)
         on = {k: float(loss_cfg.get(f's2_pseudo_{k}', 0.0)) > 0 for k in ('ce', 'depth')}
         self.pseudo = {'threshold': float(loss_cfg['pseudo_threshold']),
                        'strength': float(loss_cfg['pseudo_strength']),
@@ -73,9 +74,16 @@ class StageLoss(nn.Module):
             return losses.stage2_terms(self.net, first, second['image'], self.model_cfg,
                                        self.gamma, self.mmd_on, self.sky_as_far,
                                        self.real_input, self.lean, self.pseudo,
-                                       self.depth_norm)
+                                       self.depth_norm, self.sim_encoder)
         return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far,
                                        self.depth_norm)
+
+
+def needs_sim_encoder(loss_cfg, real_input, lean):
+    """Return whether stage 2 runs E_S: a lean stage 2 on the sim frames reads it only in
+    eqs 12-13, so with both at weight 0 it is skipped (and its stem not trained)."""
+    unused = all(float(loss_cfg.get(k, 0.0)) == 0.0 for k in ('s2_kl_sim', 's2_mmd_s2r'))
+    return not (bool(lean) and str(real_input) == 'sim' and unused)
 
 
 def stage_plan(method, stage):
@@ -192,7 +200,10 @@ class Trainer:
             if getattr(net, 'critic', None) is not None:
                 mods.append(net.critic)
             if not self.t['stage2_freeze_encoders']:
-                mods += [net.enc_real, net.enc_sim]
+                mods.append(net.enc_real)   # the shared layers are in both
+                if needs_sim_encoder(self.loss_cfg, self.t['stage2_real_input'],
+                                     self.t['stage2_lean']):
+                    mods.append(net.enc_sim)
             return mods
         return [net.enc_real, net.dec_depth, net.dec_seg]
 
