@@ -1,12 +1,14 @@
 """Training throughput: images/s per stage and preset (synthetic batches, no data loading).
 
 Times full optimisation steps (forward of every loss term, backward, Adam) of stage 1
-(twin-VAE), stage 2 (heads) and the supervised baselines, counting every input image (a
-stage-1/2 step consumes ``batch`` real + ``batch`` sim images). Prints a table and writes
-``bench/results/bench_train.json``.
+(twin-VAE), stage 2 (heads) and the supervised baselines as the preset configures them (the
+trainer's loss module, critic and trainable modules: lean stage 2, self-training, ...),
+counting every input image (a stage-1/2 step consumes ``batch`` real + ``batch`` sim
+images). Prints a table and writes ``bench/results/bench_train.json``.
 
     .venv/bin/python bench/bench_train.py                       # test + cpu presets, CPU
     .venv/bin/python bench/bench_train.py --presets paper --batch 2 --steps 1
+    .venv/bin/python bench/bench_train.py --presets cpu --set loss.s2_kl_sim=0
     .venv/bin/python bench/bench_train.py --device cuda         # bf16 autocast on CUDA
 """
 import argparse
@@ -23,10 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from sim2real_perception.config import load_config  # noqa: E402
-from sim2real_perception.model import ModelConfig, TwinVAE  # noqa: E402
-from training import losses  # noqa: E402
+from sim2real_perception.model import ModelConfig  # noqa: E402
+from training.losses import (STAGE1_TERMS, STAGE2_TERMS, SUPERVISED_TERMS,  # noqa: E402
+                             weighted_total)
+from training.train import build_net, StageLoss, trainable_modules  # noqa: E402
 
 STAGES = ('stage1', 'stage2', 'supervised')
+TERMS = {'stage1': STAGE1_TERMS, 'stage2': STAGE2_TERMS, 'supervised': SUPERVISED_TERMS}
 
 
 def _batch(mc, b, device, gen):
@@ -37,31 +42,26 @@ def _batch(mc, b, device, gen):
                                     generator=gen).to(device)}
 
 
-def bench_stage(net, mc, stage, batch, steps, device, bf16):
+def bench_stage(net, cfg, stage, batch, steps, device, bf16):
     """Seconds per step (median of ``steps`` after one warm-up) and images per step."""
+    mc, t = ModelConfig.from_dict(cfg['model']), cfg['train']
     gen = torch.Generator().manual_seed(0)
     a, b = _batch(mc, batch, device, gen), _batch(mc, batch, device, gen)
-    trainable = {'stage1': [net.enc_real, net.enc_sim, net.dec_real, net.dec_sim],
-                 'stage2': [net.dec_depth, net.dec_seg, net.enc_real, net.enc_sim],
-                 'supervised': [net.enc_real, net.dec_depth, net.dec_seg]}[stage]
     for p in net.parameters():
         p.requires_grad_(False)
-    for m in trainable:
+    for m in trainable_modules(net, stage, t, cfg['loss']):
         for p in m.parameters():
             p.requires_grad_(True)
     params = [p for p in net.parameters() if p.requires_grad]   # shared layers once
     opt = torch.optim.Adam(params, lr=1e-4)
+    module = StageLoss(net, stage, mc, cfg['loss'], t['stage2_real_input'], t['stage2_lean'])
+    weights = {k: float(cfg['loss'][k]) for k in TERMS[stage]}
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            if stage == 'stage1':
-                terms, _ = losses.stage1_terms(net, a['image'], b['image'])
-            elif stage == 'stage2':
-                terms, _ = losses.stage2_terms(net, a, b['image'], mc)
-            else:
-                terms, _ = losses.supervised_terms(net, a, mc)
+            terms, _ = module(a) if stage == 'supervised' else module(a, b)
         opt.zero_grad(set_to_none=True)
-        sum(terms.values()).backward()
+        weighted_total(terms, weights)[0].backward()
         opt.step()
         if device.type == 'cuda':
             torch.cuda.synchronize()
@@ -89,6 +89,8 @@ def build_parser():
                    help='frames per domain per step (0 = the preset train.batch_size)')
     p.add_argument('--steps', type=int, default=3, help='timed steps per stage (median)')
     p.add_argument('--device', default='cpu', help='cpu | cuda (bf16 autocast on CUDA)')
+    p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='config overrides for every preset, e.g. loss.s2_kl_sim=0')
     p.add_argument('--out', default=str(REPO / 'bench' / 'results' / 'bench_train.json'),
                    help='JSON output path')
     return p
@@ -101,13 +103,13 @@ def main(argv=None):
     bf16 = device.type == 'cuda'
     rows = []
     for preset in args.presets.split(','):
-        cfg = load_config(preset)
+        cfg = load_config(preset, args.set)
         mc = ModelConfig.from_dict(cfg['model'])
         batch = args.batch or int(cfg['train']['batch_size'])
         torch.manual_seed(0)
-        net = TwinVAE(mc).to(device).train()
+        net = build_net(mc, cfg['loss']).to(device).train()
         for stage in STAGES:
-            sec, images = bench_stage(net, mc, stage, batch, args.steps, device, bf16)
+            sec, images = bench_stage(net, cfg, stage, batch, args.steps, device, bf16)
             rows.append({'preset': preset, 'stage': stage, 'batch': batch,
                          'resolution': f'{mc.height}x{mc.width}', 's_per_step': round(sec, 4),
                          'images_per_s': round(images / sec, 2)})
@@ -116,6 +118,7 @@ def main(argv=None):
                   f"{r['s_per_step']:9.3f} s/step {r['images_per_s']:9.2f} images/s",
                   flush=True)
     result = {'device': str(device), 'bf16': bf16, 'torch': torch.__version__,
+              'overrides': args.set,
               'threads': torch.get_num_threads(), 'cpu': platform.processor() or
               platform.machine(), 'cpu_count': os.cpu_count(),
               'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,

@@ -86,6 +86,32 @@ def needs_sim_encoder(loss_cfg, real_input, lean):
     return not (bool(lean) and str(real_input) == 'sim' and unused)
 
 
+def build_net(model_cfg, loss_cfg, method='twin_vae'):
+    """Return the network a method trains: the twin VAE, with the feature critic if weighed."""
+    net = TwinVAE(model_cfg)
+    if method == 'twin_vae' and float(loss_cfg.get('s2_adv', 0.0)) > 0:
+        from .critic import critic_channels, FeatureCritic
+        net.add_module('critic', FeatureCritic(critic_channels(model_cfg)))
+    return net
+
+
+def trainable_modules(net, stage, train_cfg, loss_cfg):
+    """Return the modules a stage optimises (the shared layers belong to both encoders)."""
+    if stage == 'stage1':
+        return [net.enc_real, net.enc_sim, net.dec_real, net.dec_sim]
+    if stage == 'stage2':
+        mods = [net.dec_depth, net.dec_seg]
+        if getattr(net, 'critic', None) is not None:
+            mods.append(net.critic)
+        if not train_cfg['stage2_freeze_encoders']:
+            mods.append(net.enc_real)
+            if needs_sim_encoder(loss_cfg, train_cfg['stage2_real_input'],
+                                 train_cfg['stage2_lean']):
+                mods.append(net.enc_sim)
+        return mods
+    return [net.enc_real, net.dec_depth, net.dec_seg]
+
+
 def stage_plan(method, stage):
     """Names of the stages to run for ``method`` and ``--stage``."""
     if method not in METHODS:
@@ -137,11 +163,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         self.model_cfg = ModelConfig.from_dict(cfg['model'])
         torch.manual_seed(self.seed)
-        self.net = TwinVAE(self.model_cfg)
-        if method == 'twin_vae' and float(self.loss_cfg.get('s2_adv', 0.0)) > 0:
-            from .critic import critic_channels, FeatureCritic
-            self.net.add_module('critic', FeatureCritic(critic_channels(self.model_cfg)))
-        self.net = self.net.to(self.device)
+        self.net = build_net(self.model_cfg, self.loss_cfg, method).to(self.device)
         self.use_bf16 = bool(self.t['bf16']) and self.device.type == 'cuda'
         self.stop_signal = None
         self.last_good = None
@@ -191,22 +213,6 @@ class Trainer:
             return [('sim', STREAM_SIM), ('real', STREAM_REAL)]
         return [('sim', STREAM_SIM) if self.method == 'sim_only' else ('eval_train', STREAM_EVAL)]
 
-    def _trainable(self, stage):
-        net = self.net
-        if stage == 'stage1':
-            return [net.enc_real, net.enc_sim, net.dec_real, net.dec_sim]
-        if stage == 'stage2':
-            mods = [net.dec_depth, net.dec_seg]
-            if getattr(net, 'critic', None) is not None:
-                mods.append(net.critic)
-            if not self.t['stage2_freeze_encoders']:
-                mods.append(net.enc_real)   # the shared layers are in both
-                if needs_sim_encoder(self.loss_cfg, self.t['stage2_real_input'],
-                                     self.t['stage2_lean']):
-                    mods.append(net.enc_sim)
-            return mods
-        return [net.enc_real, net.dec_depth, net.dec_seg]
-
     def _schedule(self, stage, sizes):
         batch = int(self.t['batch_size'])
         key = {'stage1': 'stage1', 'stage2': 'stage2', 'supervised': 'supervised'}[stage]
@@ -238,7 +244,7 @@ class Trainer:
         tag = f'{stage}_last'
         for p in self.net.parameters():
             p.requires_grad_(False)
-        for m in self._trainable(stage):
+        for m in trainable_modules(self.net, stage, self.t, self.loss_cfg):
             for p in m.parameters():
                 p.requires_grad_(True)
         params = [p for p in self.net.parameters() if p.requires_grad]
