@@ -24,16 +24,20 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-#: The recipe before this release's default: a 20-step stage-1 warm start of the twin VAE
-#: and the latent MMD of eq 13 in stage 2 (bench/diagnose_label_speed.py: both slow the label
-#: head). Every older twin-VAE row pins it, so their runs stay valid.
-WARM_MMD = ['train.stage1_steps=20', 'loss.s2_mmd_s2r=1.0']
+#: The depth MSE of the paper (eqs 15-16), also the default; the ``*_l1`` rows take L1.
+L2, L1 = ['loss.depth_norm=l2'], ['loss.depth_norm=l1']
+#: The previous release's default: 200 stage-2 steps. Every older row pins it, so their runs
+#: stay valid.
+PREVIOUS = ['train.stage2_steps=200']
+#: The recipe before that: a 20-step stage-1 warm start of the twin VAE and the latent MMD of
+#: eq 13 in stage 2 (bench/diagnose_label_speed.py: both slow the label head).
+WARM_MMD = PREVIOUS + ['train.stage1_steps=20', 'loss.s2_mmd_s2r=1.0']
 #: The paper's recipe on the cpu preset's network size and step budget: no skips, section
 #: 3.2's three shared layers, linear depth, every loss weight 1 (eqs 10, 17, 20 unweighted),
 #: no prior residual, the translated sim frames in stage 2, no critic, no sim randomisation,
 #: constant lr, the stage-1 warm start and the latent MMD. Its full stage 2 costs twice the
 #: lean one per step, so it gets half the steps: same wall time.
-PAPER_RECIPE = WARM_MMD + [
+PAPER_RECIPE = WARM_MMD + L2 + [
     'model.skips=none', 'model.shared_layers=3', 'model.depth_encoding=linear',
     'model.prior=none', 'train.stage2_real_input=translated', 'train.lr_schedule=constant',
     'train.stage2_lean=false', 'train.stage2_steps=120',  # the same ~5 min
@@ -63,11 +67,16 @@ ROWS = (
     ('twin_vae', 'twin_vae', [], 'the cpu preset recipe (shipped default)'),
     ('sim_only_aug', 'sim_only', [],
      'ablation: sim_only with the sim appearance randomisation, no twin-VAE'),
-    ('twin_vae_240', 'twin_vae', ['train.stage2_steps=240'],
-     'ablation: the default with 240 stage-2 steps, the time its 1-step stage 1 frees'),
+    ('twin_vae_l1', 'twin_vae', L1, 'variant: the default with an L1 depth loss, not the MSE'),
+    ('sim_only_l1', 'sim_only', ['data.sim.appearance_aug=0.0'] + L1,
+     'variant: sim_only with an L1 depth loss'),
+    ('oracle_l1', 'oracle', L1, 'variant: the oracle with an L1 depth loss'),
+    ('sim_only_aug_l1', 'sim_only', L1, 'variant: sim_only_aug with an L1 depth loss'),
+    ('twin_vae_200', 'twin_vae', PREVIOUS,
+     'ablation: the default with 200 stage-2 steps (the previous default)'),
     ('twin_vae_warm_mmd', 'twin_vae', WARM_MMD,
-     'ablation: the default with the stage-1 warm start and the latent MMD (the previous '
-     'default)'),
+     'ablation: twin_vae_200 with the stage-1 warm start and the latent MMD (the default '
+     'before that)'),
     ('twin_vae_nopseudo', 'twin_vae', NO_PSEUDO,
      'ablation: twin_vae_warm_mmd without self-training on real frames (the default before)'),
     ('twin_vae_pseudo_ce', 'twin_vae', WARM_MMD + ['loss.s2_pseudo_depth=0.0'],
@@ -95,7 +104,7 @@ ROWS = (
 )
 #: Rows run by default; the others with --rows (their cost is a 3-seed run each).
 DEFAULT_ROWS = ('mean_prior', 'sim_only', 'oracle', 'twin_vae_paper', 'twin_vae',
-                'sim_only_aug', 'twin_vae_warm_mmd')
+                'sim_only_aug', 'twin_vae_200')
 BASELINES = ('mean_prior', 'sim_only', 'oracle')
 #: Virtual KITTI 2 clones KITTI's camera (height, pitch), so the sim camera here matches
 #: the real-style one: the gap left is appearance, the part adaptation can close.
