@@ -1,0 +1,51 @@
+"""The transfer benchmark's arithmetic: gap fractions, validity checks, the adapted-row rule."""
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'bench'))
+import bench_transfer as bt  # noqa: E402
+
+
+def _methods(rows):
+    """rows: name -> (abs_rel, miou, abs_rel std, miou std) on real; sim mIoU 0.45."""
+    out = {}
+    for name, (a, m, sa, sm) in rows.items():
+        stat = {'abs_rel': {'mean': a, 'std': sa, 'n': 3}, 'miou': {'mean': m, 'std': sm, 'n': 3}}
+        out[name] = {'real': stat, 'sim': {**stat, 'miou': {'mean': 0.45, 'std': 0.0, 'n': 3}}}
+    return out
+
+
+ROWS = {'mean_prior': (0.20, 0.24, 0.0, 0.0), 'sim_only': (0.30, 0.28, 0.01, 0.01),
+        'oracle': (0.18, 0.44, 0.01, 0.01), 'oracle_l1': (0.17, 0.45, 0.01, 0.01),
+        'twin': (0.23, 0.37, 0.01, 0.01), 'aug': (0.21, 0.30, 0.01, 0.01)}
+
+
+def test_gap_fractions_are_the_share_of_the_sim_only_to_oracle_gap():
+    gaps = bt.gap_fractions(_methods(ROWS))
+    assert gaps['twin']['abs_rel'] == pytest.approx(0.07 / 0.12)
+    assert gaps['twin']['miou'] == pytest.approx(0.09 / 0.16)
+    assert 'sim_only' not in gaps and 'oracle' not in gaps
+
+
+def test_best_adapted_row_never_is_an_oracle_or_floor_variant():
+    methods = _methods(ROWS)
+    trained_as = {'oracle_l1': 'oracle', 'twin': 'twin_vae', 'aug': 'sim_only'}
+    out = bt.targets(methods, bt.gap_fractions(methods), trained_as)
+    assert out['best_adapted'] == 'twin'            # min(58 %, 56 %) beats aug's min
+    assert out['best_closes_50pct_both'] and out['best_seed_std_below_gap_closed']
+    assert bt.targets(methods, bt.gap_fractions(methods))['best_adapted'] == 'oracle_l1'
+
+
+def test_validity_checks_the_floor_the_separation_and_the_gap():
+    methods = _methods(ROWS)
+    checks = bt.validity(methods)
+    assert checks['every_learned_method_beats_mean_prior']['ok'] is False   # sim_only depth
+    assert checks['oracle_beats_sim_only_by_3_std']['ok'] is True
+    assert checks['domain_gap_miou_sim_minus_real']['value'] == pytest.approx(0.17)
+    noisy = _methods({**ROWS, 'sim_only': (0.30, 0.28, 0.2, 0.01)})
+    assert bt.validity(noisy)['oracle_beats_sim_only_by_3_std']['ok'] is False
+    assert math.isclose(bt.validity(noisy)['oracle_beats_sim_only_by_3_std']['abs_rel'][
+        'larger_seed_std'], 0.2)
