@@ -72,6 +72,11 @@ ROWS = (
      'variant: sim_only with an L1 depth loss'),
     ('oracle_l1', 'oracle', L1, 'variant: the oracle with an L1 depth loss'),
     ('sim_only_aug_l1', 'sim_only', L1, 'variant: sim_only_aug with an L1 depth loss'),
+    ('twin_vae_l1w', 'twin_vae', L1 + ['loss.depth_real=0.2'],
+     'variant: twin_vae_l1 at depth weight 0.2 (about the MSE gradient at these errors)'),
+    ('sim_only_l1w', 'sim_only', ['data.sim.appearance_aug=0.0', 'loss.depth=0.2'] + L1,
+     'variant: sim_only_l1 at depth weight 0.2'),
+    ('oracle_l1w', 'oracle', L1 + ['loss.depth=0.2'], 'variant: oracle_l1 at depth weight 0.2'),
     ('twin_vae_skip_es', 'twin_vae', ['loss.s2_kl_sim=0.0', 'train.stage2_steps=320'],
      "variant: the default without E_S in stage 2 (eq 12's KL at 0: nothing else reads it; "
      '2.0 -> 1.5 s per step in bench_train), spending it on 320 steps'),
