@@ -80,8 +80,11 @@ class StageLoss(nn.Module):
 
 
 def needs_sim_encoder(loss_cfg, real_input, lean):
-    """Return whether stage 2 runs E_S: a lean stage 2 on the sim frames reads it only in
-    eqs 12-13, so with both at weight 0 it is skipped (and its stem not trained)."""
+    """Return whether stage 2 runs E_S.
+
+    A lean stage 2 on the sim frames reads it only in eqs 12-13, so with both at weight 0 it
+    is skipped (and its stem not trained).
+    """
     unused = all(float(loss_cfg.get(k, 0.0)) == 0.0 for k in ('s2_kl_sim', 's2_mmd_s2r'))
     return not (bool(lean) and str(real_input) == 'sim' and unused)
 
