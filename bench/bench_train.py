@@ -26,12 +26,10 @@ sys.path.insert(0, str(REPO))
 
 from sim2real_perception.config import load_config  # noqa: E402
 from sim2real_perception.model import ModelConfig  # noqa: E402
-from training.losses import (STAGE1_TERMS, STAGE2_TERMS, SUPERVISED_TERMS,  # noqa: E402
-                             weighted_total)
-from training.train import build_net, StageLoss, trainable_modules  # noqa: E402
+from training.losses import weighted_total  # noqa: E402
+from training.train import build_net, set_trainable, stage_weights, StageLoss  # noqa: E402
 
 STAGES = ('stage1', 'stage2', 'supervised')
-TERMS = {'stage1': STAGE1_TERMS, 'stage2': STAGE2_TERMS, 'supervised': SUPERVISED_TERMS}
 
 
 def _batch(mc, b, device, gen):
@@ -47,15 +45,9 @@ def bench_stage(net, cfg, stage, batch, steps, device, bf16):
     mc, t = ModelConfig.from_dict(cfg['model']), cfg['train']
     gen = torch.Generator().manual_seed(0)
     a, b = _batch(mc, batch, device, gen), _batch(mc, batch, device, gen)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    for m in trainable_modules(net, stage, t, cfg['loss']):
-        for p in m.parameters():
-            p.requires_grad_(True)
-    params = [p for p in net.parameters() if p.requires_grad]   # shared layers once
-    opt = torch.optim.Adam(params, lr=1e-4)
+    opt = torch.optim.Adam(set_trainable(net, stage, t, cfg['loss']), lr=1e-4)
     module = StageLoss(net, stage, mc, cfg['loss'], t['stage2_real_input'], t['stage2_lean'])
-    weights = {k: float(cfg['loss'][k]) for k in TERMS[stage]}
+    weights = stage_weights(stage, cfg['loss'])
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -115,6 +115,23 @@ def trainable_modules(net, stage, train_cfg, loss_cfg):
     return [net.enc_real, net.dec_depth, net.dec_seg]
 
 
+def set_trainable(net, stage, train_cfg, loss_cfg):
+    """Let only ``trainable_modules`` take gradients; return their parameters, each once."""
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for m in trainable_modules(net, stage, train_cfg, loss_cfg):
+        for p in m.parameters():
+            p.requires_grad_(True)
+    return [p for p in net.parameters() if p.requires_grad]   # shared layers once
+
+
+def stage_weights(stage, loss_cfg):
+    """Return the ``loss.*`` weight of each of a stage's terms, in the documented order."""
+    names = {'stage1': losses.STAGE1_TERMS, 'stage2': losses.STAGE2_TERMS,
+             'supervised': losses.SUPERVISED_TERMS}[stage]
+    return {k: float(loss_cfg[k]) for k in names}
+
+
 def stage_plan(method, stage):
     """Names of the stages to run for ``method`` and ``--stage``."""
     if method not in METHODS:
@@ -245,12 +262,7 @@ class Trainer:
     def train_stage(self, stage, stage_index):
         """Train (or resume, or skip when complete) one stage; return its last record."""
         tag = f'{stage}_last'
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        for m in trainable_modules(self.net, stage, self.t, self.loss_cfg):
-            for p in m.parameters():
-                p.requires_grad_(True)
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        params = set_trainable(self.net, stage, self.t, self.loss_cfg)
         betas = tuple(float(b) for b in self.t['betas'])
         opt = torch.optim.Adam(params, lr=float(self.t['lr']), betas=betas,
                                weight_decay=float(self.t['weight_decay']))
@@ -291,7 +303,7 @@ class Trainer:
                 self.fit_head_prior(stage, streams[0][0])
             torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
         self.steps[stage] = total
-        weights = {k: float(self.loss_cfg[k]) for k in self._term_names(stage)}
+        weights = stage_weights(stage, self.loss_cfg)
         module = StageLoss(self.net, stage, self.model_cfg, self.loss_cfg,
                            self.t['stage2_real_input'], self.t['stage2_lean'])
         if self.world > 1:
@@ -321,10 +333,6 @@ class Trainer:
             ds.train = was_train
         self.net.prior.set_maps(torch.from_numpy(depth_t), torch.from_numpy(freq))
         self._log(f'[{stage}] model.prior fitted on {len(idx)} frames of {name}')
-
-    def _term_names(self, stage):
-        return {'stage1': losses.STAGE1_TERMS, 'stage2': losses.STAGE2_TERMS,
-                'supervised': losses.SUPERVISED_TERMS}[stage]
 
     def _loop(self, stage, module, opt, loaders, weights, spe, start, total, extra):
         names = list(weights)
