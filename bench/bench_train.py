@@ -28,6 +28,7 @@ from sim2real_perception.config import load_config  # noqa: E402
 from sim2real_perception.model import ModelConfig  # noqa: E402
 from training.losses import weighted_total  # noqa: E402
 from training.train import build_net, set_trainable, stage_weights, StageLoss  # noqa: E402
+from training.teacher import attach_teacher  # noqa: E402
 
 STAGES = ('stage1', 'stage2', 'supervised')
 
@@ -45,6 +46,7 @@ def bench_stage(net, cfg, stage, batch, steps, device, bf16):
     mc, t = ModelConfig.from_dict(cfg['model']), cfg['train']
     gen = torch.Generator().manual_seed(0)
     a, b = _batch(mc, batch, device, gen), _batch(mc, batch, device, gen)
+    teacher = attach_teacher(net, cfg['loss']) if stage == 'stage2' else None
     opt = torch.optim.Adam(set_trainable(net, stage, t, cfg['loss']), lr=1e-4)
     module = StageLoss(net, stage, mc, cfg['loss'], t['stage2_real_input'], t['stage2_lean'])
     weights = stage_weights(stage, cfg['loss'])
@@ -55,6 +57,8 @@ def bench_stage(net, cfg, stage, batch, steps, device, bf16):
         opt.zero_grad(set_to_none=True)
         weighted_total(terms, weights)[0].backward()
         opt.step()
+        if teacher is not None:
+            teacher.update(net)
         if device.type == 'cuda':
             torch.cuda.synchronize()
 

@@ -92,7 +92,8 @@ _STAGE_KEYS = ('train.stage1_epochs', 'train.stage2_epochs', 'train.stage1_steps
                           'mmd_sim', 'cycle_real', 'cycle_sim', 's2_kl_real', 's2_kl_sim',
                           's2_mmd_s2r', 's2_mmd_r2s', 'depth_sim', 'depth_real', 'ce_sim',
                           'ce_real', 's2_adv', 's2_pseudo_ce', 's2_pseudo_depth',
-                          'pseudo_threshold', 'pseudo_strength', 'pseudo_mix'))
+                          'pseudo_threshold', 'pseudo_strength', 'pseudo_mix',
+                          'pseudo_teacher_ema'))
 _SUPERVISED_KEYS = ('train.supervised_epochs', 'train.supervised_steps', 'loss.depth',
                     'loss.ce', 'train.bn_recalibrate_baselines')
 #: Config keys a method never reads: editing them (say, a twin-VAE setting of the preset)

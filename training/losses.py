@@ -228,7 +228,7 @@ def class_mix_mask(labels, has_labels=None):
 
 
 def pseudo_terms(net, x_real, mu_r, f_r, threshold=0.9, strength=1.0, labels=True,
-                 depth=True, mix=None):
+                 depth=True, mix=None, teacher=None):
     """Self-training on unlabelled real frames: (cross entropy, depth L1) of a strong view.
 
     The targets are the network's own predictions on the clean view (no gradient): labels
@@ -239,10 +239,15 @@ def pseudo_terms(net, x_real, mu_r, f_r, threshold=0.9, strength=1.0, labels=Tru
     ``depth`` the network's own encoded depth of it) pastes half of each sim frame's classes
     into the strong view: there the targets are the sim labels (always counted) and that
     depth, so every mixed frame also carries exact labels in a real-looking context.
+    ``teacher`` (a network, or None: ``net`` itself) makes the clean-view targets its own:
+    the EMA teacher of ``training.teacher``.
     """
     with torch.no_grad():   # the clean view first: the order of the runs measured with it
-        t_depth = net.decode(mu_r, 'depth', f_r).float() if depth else None
-        conf, target = torch.softmax(net.decode(mu_r, 'seg', f_r).float(), 1).max(1) \
+        if teacher is not None:
+            mu_r, _, f_r = teacher.encode_skips(x_real, 'real')
+        src = net if teacher is None else teacher
+        t_depth = src.decode(mu_r, 'depth', f_r).float() if depth else None
+        conf, target = torch.softmax(src.decode(mu_r, 'seg', f_r).float(), 1).max(1) \
             if labels else (None, None)
     view = strong_view(x_real, strength)
     keep = (conf >= float(threshold)).float() if labels else None
@@ -324,7 +329,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     paper) skips what the deployed path never uses, the heads on E_S (eqs 15, 18) and the
     x'_S path (eq 14): those terms are 0 and cost nothing. The critic, if any, compares the
     real encoder's features of x'_R with those of x_R: what it trains on with what it sees.
-    ``pseudo`` (beyond the paper; ``{'threshold', 'strength', 'labels', 'depth'}``, or None:
+    ``pseudo`` (beyond the paper; ``{'threshold', 'strength', 'labels', 'depth', 'mix',
+    'teacher'}``, or None:
     off, both terms 0) adds self-training on the real frames (``pseudo_terms``).
     ``depth_norm`` is ``depth_loss``'s ``norm``. ``sim_encoder=False`` (lean, sim input
     only) skips E_S altogether: eqs 12-13 are then 0, and nothing else reads it.
@@ -364,7 +370,7 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
             net, x_real, mu_r, f_r, pseudo['threshold'], pseudo['strength'],
             pseudo.get('labels', True), pseudo.get('depth', True),
             {'image': x_r_fake, 'labels': labels, 'has_labels': has_l, 'depth': d_real}
-            if mix == 'classmix' else None)
+            if mix == 'classmix' else None, pseudo.get('teacher'))
     else:
         terms['s2_pseudo_ce'] = terms['s2_pseudo_depth'] = _zero_like(mu_r)
     if lean:

@@ -33,6 +33,7 @@ from sim2real_perception.model_io import export_model_dir, torch_device
 from . import losses
 from .checkpoint import (CheckpointError, load_checkpoint, read_record, rng_state,
                          save_checkpoint, set_rng_state)
+from .teacher import attach_teacher
 from .train_data import epoch_order, step_loader, steps_per_epoch
 from .train_logging import CsvLog, grid_tensor, sample_grid, tensorboard_writer, write_grid
 
@@ -64,7 +65,9 @@ class StageLoss(nn.Module):
         self.pseudo = {'threshold': float(loss_cfg['pseudo_threshold']),
                        'strength': float(loss_cfg['pseudo_strength']),
                        'labels': on['ce'], 'depth': on['depth'],
-                       'mix': str(loss_cfg['pseudo_mix'])} if any(on.values()) else None
+                       'mix': str(loss_cfg['pseudo_mix']),
+                       'teacher': getattr(getattr(net, 'teacher', None), 'net', None)} \
+            if any(on.values()) else None
 
     def forward(self, first, second=None):
         if self.stage == 'stage1':
@@ -271,6 +274,8 @@ class Trainer:
         spe, total = self._schedule(stage, [len(d) for d in datasets])
         start, extra = 0, {'epoch_loss': [0.0, 0], 'best_loss': None}
         record = read_record(self.ckpt_dir, tag) if self.resume else None
+        if record is not None and stage == 'stage2':
+            attach_teacher(self.net, self.loss_cfg)   # before its weights are loaded
         if record is not None and record.get('method') != self.method:
             raise CheckpointError(f'{self.ckpt_dir / tag}.json was written by method '
                                   f'{record.get("method")!r}, not {self.method!r}')
@@ -301,6 +306,8 @@ class Trainer:
                 self._log(f'[stage2] starting from {self.ckpt_dir / "stage1_last.json"}')
             if self.net.prior is not None and stage != 'stage1':
                 self.fit_head_prior(stage, streams[0][0])
+            if stage == 'stage2':
+                attach_teacher(self.net, self.loss_cfg)   # a copy of the start, prior fitted
             torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
         self.steps[stage] = total
         weights = stage_weights(stage, self.loss_cfg)
@@ -351,6 +358,7 @@ class Trainer:
         self.net.train()
         step, t_last, n_last = start, time.monotonic(), 0
         images = None
+        teacher = getattr(self.net, 'teacher', None) if stage == 'stage2' else None
         autocast = torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.use_bf16) \
             if self.device.type == 'cuda' else torch.autocast('cpu', enabled=False)
         for batches in zip(*loaders):
@@ -377,6 +385,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups
                                                 for p in g['params']], clip)
             opt.step()
+            if teacher is not None:
+                teacher.update(self.net)
             step += 1
             n_last += 1
             loss_sum = float(sum(values))
