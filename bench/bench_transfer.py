@@ -24,11 +24,17 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-#: The depth MSE of the paper (eqs 15-16), also the default; the ``*_l1`` rows take L1.
+#: The depth loss of the paper (eqs 15-16): MSE at weight 1, the default of every row before
+#: the L1 one (the ``*_mse`` rows). The ``*_l1`` rows take L1 at weight 1; the default is L1
+#: at weight 0.2 (config/cpu.yaml).
 L2, L1 = ['loss.depth_norm=l2'], ['loss.depth_norm=l1']
-#: The previous release's default: 200 stage-2 steps. Every older row pins it, so their runs
-#: stay valid.
-PREVIOUS = ['train.stage2_steps=200']
+WEIGHT_1 = ['loss.depth_real=1.0', 'loss.depth=1.0']
+#: The baselines' budget before it was doubled to about the twin-VAE's wall time (600 steps).
+SHORT = ['train.supervised_steps=300']
+MSE = L2 + WEIGHT_1 + SHORT
+#: The default before that: 200 stage-2 steps. Every older row pins it (and the MSE and the
+#: short baselines), so their runs stay valid.
+PREVIOUS = MSE + ['train.stage2_steps=200']
 #: The recipe before that: a 20-step stage-1 warm start of the twin VAE and the latent MMD of
 #: eq 13 in stage 2 (bench/diagnose_label_speed.py: both slow the label head).
 WARM_MMD = PREVIOUS + ['train.stage1_steps=20', 'loss.s2_mmd_s2r=1.0']
@@ -57,7 +63,7 @@ VARS_ROOT = '{sim_variations_root}'   # replaced by that tree's path
 WITH_VARIATIONS = [f'data.sim.root={VARS_ROOT}', 'data.sim.variations=[]']   # [] = all there
 #: (row name, method, extra overrides, what it tests). Rows other than mean_prior, sim_only
 #: and oracle count as adapted methods for the gap targets. The baselines share the default
-#: network (skips, log depth, cosine lr): only adaptation differs.
+#: network (skips, log depth, cosine lr) and depth loss: only adaptation differs.
 ROWS = (
     ('mean_prior', 'mean_prior', [], 'floor: per-pixel mean sim depth / most frequent label'),
     ('sim_only', 'sim_only', ['data.sim.appearance_aug=0.0'],
@@ -67,21 +73,35 @@ ROWS = (
     ('twin_vae', 'twin_vae', [], 'the cpu preset recipe (shipped default)'),
     ('sim_only_aug', 'sim_only', [],
      'ablation: sim_only with the sim appearance randomisation, no twin-VAE'),
-    ('twin_vae_l1', 'twin_vae', L1, 'variant: the default with an L1 depth loss, not the MSE'),
-    ('sim_only_l1', 'sim_only', ['data.sim.appearance_aug=0.0'] + L1,
-     'variant: sim_only with an L1 depth loss'),
-    ('oracle_l1', 'oracle', L1, 'variant: the oracle with an L1 depth loss'),
-    ('sim_only_aug_l1', 'sim_only', L1, 'variant: sim_only_aug with an L1 depth loss'),
-    ('twin_vae_l1w', 'twin_vae', L1 + ['loss.depth_real=0.2'],
-     'variant: twin_vae_l1 at depth weight 0.2 (about the MSE gradient at these errors)'),
-    ('sim_only_l1w', 'sim_only', ['data.sim.appearance_aug=0.0', 'loss.depth=0.2'] + L1,
-     'variant: sim_only_l1 at depth weight 0.2'),
-    ('oracle_l1w', 'oracle', L1 + ['loss.depth=0.2'], 'variant: oracle_l1 at depth weight 0.2'),
-    ('twin_vae_skip_es', 'twin_vae', ['loss.s2_kl_sim=0.0', 'train.stage2_steps=320'],
-     "variant: the default without E_S in stage 2 (eq 12's KL at 0: nothing else reads it; "
+    ('twin_vae_mse', 'twin_vae', MSE,
+     "ablation: the default with the paper's depth MSE at weight 1 (the previous default)"),
+    ('sim_only_mse', 'sim_only', ['data.sim.appearance_aug=0.0'] + MSE,
+     'ablation: sim_only_300 with the depth MSE at weight 1 (the previous baseline)'),
+    ('oracle_mse', 'oracle', MSE,
+     'ablation: oracle_300 with the depth MSE at weight 1 (the previous baseline)'),
+    ('sim_only_aug_mse', 'sim_only', MSE,
+     'ablation: sim_only_aug_300 with the depth MSE at weight 1 (the previous baseline)'),
+    ('sim_only_300', 'sim_only', ['data.sim.appearance_aug=0.0'] + SHORT,
+     'ablation: sim_only with 300 steps (the budget before)'),
+    ('oracle_300', 'oracle', SHORT, 'ablation: the oracle with 300 steps (the budget before)'),
+    ('sim_only_aug_300', 'sim_only', SHORT,
+     'ablation: sim_only_aug with 300 steps (the budget before)'),
+    ('twin_vae_l1', 'twin_vae', L1 + WEIGHT_1,
+     'ablation: the default with the L1 depth loss at weight 1, not 0.2'),
+    ('sim_only_l1', 'sim_only', ['data.sim.appearance_aug=0.0'] + L1 + WEIGHT_1 + SHORT,
+     'ablation: sim_only_300 with the L1 depth loss at weight 1'),
+    ('oracle_l1', 'oracle', L1 + WEIGHT_1 + SHORT,
+     'ablation: oracle_300 with the L1 depth loss at weight 1'),
+    ('sim_only_aug_l1', 'sim_only', L1 + WEIGHT_1 + SHORT,
+     'ablation: sim_only_aug_300 with the L1 depth loss at weight 1'),
+    ('twin_vae_ema', 'twin_vae', ['loss.pseudo_teacher_ema=0.95'],
+     "variant: the default with an EMA teacher (decay 0.95) giving self-training's targets "
+     '(Mean Teacher, DACS), not the network itself'),
+    ('twin_vae_skip_es', 'twin_vae', MSE + ['loss.s2_kl_sim=0.0', 'train.stage2_steps=320'],
+     "variant: twin_vae_mse without E_S in stage 2 (eq 12's KL at 0: nothing else reads it; "
      '2.0 -> 1.5 s per step in bench_train), spending it on 320 steps'),
     ('twin_vae_200', 'twin_vae', PREVIOUS,
-     'ablation: the default with 200 stage-2 steps (the previous default)'),
+     'ablation: twin_vae_mse with 200 stage-2 steps (the default before that)'),
     ('twin_vae_warm_mmd', 'twin_vae', WARM_MMD,
      'ablation: twin_vae_200 with the stage-1 warm start and the latent MMD (the default '
      'before that)'),
@@ -100,9 +120,10 @@ ROWS = (
      'ablation: twin_vae_nopseudo without skips from the shared encoder layers'),
     ('twin_vae_noprior', 'twin_vae', NO_PSEUDO + ['model.prior=none'],
      'ablation: twin_vae_nopseudo without the residual over the sim prior'),
-    ('sim_only_noprior', 'sim_only', ['data.sim.appearance_aug=0.0', 'model.prior=none'],
+    ('sim_only_noprior', 'sim_only', ['data.sim.appearance_aug=0.0', 'model.prior=none']
+     + MSE,
      'ablation: sim_only without the residual over the sim prior'),
-    ('sim_only_aug_vars', 'sim_only', WITH_VARIATIONS,
+    ('sim_only_aug_vars', 'sim_only', MSE + WITH_VARIATIONS,
      "variant: sim_only_aug trained on VKITTI 2's six variations of each sim viewpoint"),
     ('twin_vae_vars', 'twin_vae', WARM_MMD + WITH_VARIATIONS,
      "variant: twin_vae_warm_mmd trained on VKITTI 2's six variations of each sim viewpoint"),
@@ -112,7 +133,7 @@ ROWS = (
 )
 #: Rows run by default; the others with --rows (their cost is a 3-seed run each).
 DEFAULT_ROWS = ('mean_prior', 'sim_only', 'oracle', 'twin_vae_paper', 'twin_vae',
-                'sim_only_aug', 'twin_vae_200')
+                'sim_only_aug', 'twin_vae_mse')
 BASELINES = ('mean_prior', 'sim_only', 'oracle')
 #: Virtual KITTI 2 clones KITTI's camera (height, pitch), so the sim camera here matches
 #: the real-style one: the gap left is appearance, the part adaptation can close.

@@ -155,7 +155,21 @@ def test_help_lists_every_option():
     assert 'Exit status' in text and 'depth_seg_node' in text
     args = main_job.resolve_args(['--quick', '--real-frames', '20'])
     assert (args.config, args.real_frames, args.sim_frames) == ('test', 20, 8)
-    assert main_job.resolve_args([]).config == 'cpu'
+    assert args.baseline_steps == 0                       # --quick: the test preset's steps
+    full = main_job.resolve_args([])
+    assert (full.config, full.baseline_steps) == ('cpu', 300)
+    assert '--baseline-steps' in text
+
+
+def test_baselines_get_their_own_step_budget(first):
+    assert main_job.method_sets('sim_only', 300) == ['data.sim.appearance_aug=0.0',
+                                                     'train.supervised_steps=300']
+    assert main_job.method_sets('oracle', 300) == ['train.supervised_steps=300']
+    assert main_job.method_sets('twin_vae', 300) == []    # the twin-VAE keeps the preset's
+    assert main_job.method_sets('sim_only', 0) == ['data.sim.appearance_aug=0.0']
+    workdir, _, _ = first
+    meta = json.loads((workdir / 'runs' / 'sim_only' / 'export' / 'config.json').read_text())
+    assert meta['metadata']['steps'] == {'supervised': 4}  # 0: the test preset's 4
 
 
 def test_replay_step_leaves_a_bag_of_inputs_and_answers(first):

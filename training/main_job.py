@@ -55,11 +55,19 @@ PROFILES = {
     # full = bench/bench_transfer.py's data (its seed-0 runs are the main job's trainings)
     'full': {'config': 'cpu', 'threads': 0, 'sim_frames': 600, 'real_frames': 600,
              'height': 192, 'width': 640, 'frames_per_sequence': 50, 'eval_frames': 0,
-             'val_fraction': 0.1},
+             'val_fraction': 0.1, 'baseline_steps': 300},
     'quick': {'config': 'test', 'threads': 1, 'sim_frames': 8, 'real_frames': 16,
               'height': 64, 'width': 192, 'frames_per_sequence': 4, 'eval_frames': 0,
-              'val_fraction': 0.25},
+              'val_fraction': 0.25, 'baseline_steps': 0},
 }
+
+
+def method_sets(method, baseline_steps=0):
+    """Return a method's own overrides: ``METHOD_SETS`` and the baselines' step budget."""
+    own = list(METHOD_SETS.get(method, ()))
+    if method in ('sim_only', 'oracle') and baseline_steps:
+        own.append(f'train.supervised_steps={int(baseline_steps)}')
+    return own
 
 
 def _ros_env():
@@ -135,6 +143,10 @@ def build_parser():
     p.add_argument('--eval-frames', type=int, default=None,
                    help='evaluate and replay at most N eval frames, evenly spaced (0 = all)')
     p.add_argument('--seed', type=int, default=0, help='data and training seed (default: 0)')
+    p.add_argument('--baseline-steps', type=int, default=None,
+                   help='train.supervised_steps of sim_only and the oracle (default: 300, half '
+                        "the cpu preset's 600, so the job stays within 15 minutes; 0 = the "
+                        "preset's; the benchmark's sim_only_300 row)")
     p.add_argument('--threads', type=int, default=None,
                    help='CPU threads per step (OMP_NUM_THREADS; default: the environment\'s, '
                         'else all cores; 1 with --quick). Use 1 on a machine others are busy on')
@@ -427,11 +439,12 @@ def run(args):
             'mean_prior': 'fit the mean_prior floor (per-pixel sim statistics)',
             'oracle': 'train the oracle baseline (real labels)'}
     for method in job.methods:
-        sets = [*METHOD_SETS.get(method, ()), *job.sets]
+        own = method_sets(method, args.baseline_steps)
+        sets = [*own, *job.sets]
         pipe.run(f'train_{method}', job.with_sets(job.py(
             'training.train', '--config', args.config, '--method', method, '--stage', 'all',
             '--seed', args.seed, '--run-dir', job.runs / method, '--no-progress',
-            *[a for item in METHOD_SETS.get(method, ()) for a in ('--set', item)])),
+            *[a for item in own for a in ('--set', item)])),
             what[method], outputs=[job.runs / method], resume_args=['--resume'],
             hint=lambda m=method: train_hint(job.runs / m),
             key_extra=config_digest(args.config, sets))
