@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-DEFAULT_ROWS = ('mean_prior', 'oracle', 'sim_only', 'sim_only_aug', 'twin_vae_nopseudo',
+DEFAULT_ROWS = ('mean_prior', 'oracle', 'oracle_300', 'sim_only', 'sim_only_aug', 'twin_vae_mse',
                 'twin_vae')
 #: The split bench_transfer.py scores on and the depth-validity floor (training.metrics).
 SPLIT = 'val'

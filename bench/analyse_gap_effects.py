@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 from bench.analyse_depth_errors import (add_export_arguments,  # noqa: E402
                                         dataset_and_exports)
 
-DEFAULT_ROWS = ('sim_only', 'sim_only_aug_vars', 'twin_vae_200', 'twin_vae', 'oracle')
+DEFAULT_ROWS = ('sim_only', 'sim_only_aug_vars', 'twin_vae_mse', 'twin_vae', 'oracle')
 SPLIT = 'val'
 #: Effect name -> the RealStyle fields that switch it off (the sim look for that effect).
 EFFECTS = {

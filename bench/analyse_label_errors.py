@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
 from bench.analyse_depth_errors import (add_export_arguments,  # noqa: E402
                                         dataset_and_exports)
 
-DEFAULT_ROWS = ('sim_only', 'sim_only_aug', 'sim_only_aug_vars', 'twin_vae_200', 'twin_vae',
+DEFAULT_ROWS = ('sim_only', 'sim_only_aug', 'sim_only_aug_vars', 'twin_vae_mse', 'twin_vae',
                 'oracle')
 #: The split bench_transfer.py scores on (training.compare's real-style split).
 SPLIT = 'val'
