@@ -330,8 +330,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     x'_S path (eq 14): those terms are 0 and cost nothing. The critic, if any, compares the
     real encoder's features of x'_R with those of x_R: what it trains on with what it sees.
     ``pseudo`` (beyond the paper; ``{'threshold', 'strength', 'labels', 'depth', 'mix',
-    'teacher'}``, or None:
-    off, both terms 0) adds self-training on the real frames (``pseudo_terms``).
+    'teacher'}``, or None: off, both terms 0) adds self-training on the real frames
+    (``pseudo_terms``).
     ``depth_norm`` is ``depth_loss``'s ``norm``. ``sim_encoder=False`` (lean, sim input
     only) skips E_S altogether: eqs 12-13 are then 0, and nothing else reads it.
     """
