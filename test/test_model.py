@@ -159,3 +159,26 @@ def test_registry_and_presets():
         build_model(load_config('test')['model'], name='resnet')
     with pytest.raises(FileNotFoundError, match='presets'):
         load_config('nope')
+
+
+@pytest.mark.parametrize('x_grad, w_grad', [(True, True), (True, False), (False, True)])
+def test_fold_conv3d_gradients_equal_autograds_conv3d(x_grad, w_grad):
+    """The packing Conv3d's hand-written backward is conv3d's gradient (float64 gradcheck)."""
+    from sim2real_perception.model.packnet import _FoldConv3d, FoldConv3d
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 5, 6, 7, dtype=torch.float64, requires_grad=x_grad)
+    w = torch.randn(4, 1, 3, 3, 3, dtype=torch.float64, requires_grad=w_grad)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=w_grad)
+    assert torch.autograd.gradcheck(_FoldConv3d.apply, (x, w, b))
+    conv = FoldConv3d(4).double()
+    plain = torch.nn.Conv3d(1, 4, 3, padding=1).double()
+    plain.load_state_dict(conv.state_dict())   # same parameters, same names
+    xs = [torch.randn(2, 1, 8, 9, 10, dtype=torch.float64, requires_grad=True)
+          for _ in range(2)]
+    xs[1].data.copy_(xs[0].data)
+    g = torch.randn(2, 4, 8, 9, 10, dtype=torch.float64)
+    for module, xi in ((conv, xs[0]), (plain, xs[1])):
+        module(xi).backward(g)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad)
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad)
+    torch.testing.assert_close(conv.bias.grad, plain.bias.grad)

@@ -21,6 +21,7 @@ from sim2real_perception.onnx_export import export_onnx, parity_check
 from sim2real_perception.predictor import Predictor
 from test_node_support import Harness, test_image
 from training import losses
+from training.critic import critic_channels, FeatureCritic
 from training.data.transforms import appearance_aug
 from training.mean_prior import fit_maps
 from training.metrics import LabelVariation
@@ -364,6 +365,57 @@ def test_lean_stage2_without_eqs_12_13_skips_the_sim_encoder():
     assert not needs_sim_encoder(zero, 'sim', True)
     assert needs_sim_encoder({**zero, 's2_kl_sim': 0.01}, 'sim', True)
     assert needs_sim_encoder(zero, 'translated', True) and needs_sim_encoder(zero, 'sim', False)
+
+
+def test_source_only_stage2_step_supervises_the_real_path_on_sim_alone():
+    cfg, net, x_r, batch = lean_stage2_inputs()
+    net.add_module('critic', FeatureCritic(critic_channels(cfg)))
+    calls = []
+    hooks = [net.enc_sim.layers[0].register_forward_hook(lambda *a: calls.append('E_S')),
+             net.critic.register_forward_hook(lambda *a: calls.append('critic'))]
+    seen = []
+    hooks.append(net.enc_real.layers[0].register_forward_hook(
+        lambda m, i, o: seen.append(i[0].data_ptr())))
+    src, _ = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim', lean=True,
+                                 pseudo={'threshold': 0.0, 'strength': 1.0, 'labels': True,
+                                         'depth': True}, source_only=True)
+    for h in hooks:
+        h.remove()
+    assert calls == [] and seen == [batch['image'].data_ptr()]   # E_R on the sim frames only
+    assert list(src) == list(losses.STAGE2_TERMS)
+    sup, _ = losses.supervised_terms(net, batch, cfg)
+    torch.testing.assert_close(src['depth_real'], sup['depth'])   # eqs 16, 19 as sim_only's
+    torch.testing.assert_close(src['ce_real'], sup['ce'])
+    others = [k for k in src if k not in ('depth_real', 'ce_real')]
+    assert others and all(src[k].item() == 0.0 for k in others)
+    sum(src.values()).backward()
+    assert net.enc_real.layers[0][0].weight.grad is not None
+    assert all(p.grad is None for p in net.critic.parameters())
+
+
+def test_training_with_source_steps_switches_to_every_term_after_them(tiny_data, tmp_path):
+    from training import train
+    cfg = load_config('test', [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')]
+                      + ['data.eval.val_fraction=0.25', 'train.stage1_steps=1',
+                         'train.stage2_steps=4', 'train.stage2_source_steps=2',
+                         'train.log_every=1', 'train.stage2_lean=true',
+                         'train.stage2_real_input=sim', 'model.skips=shared',
+                         'model.shared_layers=8', 'loss.s2_adv=0.1',
+                         'loss.s2_pseudo_depth=1.0'])
+    summary = train.run(cfg, tmp_path, method='twin_vae')
+    rows = (tmp_path / 'logs' / 'stage2.csv').read_text().splitlines()
+    steps = [dict(zip(rows[0].split(','), r.split(','))) for r in rows[1:]]
+    assert [int(r['step']) for r in steps] == [1, 2, 3, 4]
+    for r in steps:
+        adapting = int(r['step']) > 2
+        assert float(r['ce_real']) > 0
+        for name in ('s2_kl_real', 's2_kl_sim', 's2_adv', 's2_pseudo_depth'):
+            assert (float(r[name]) != 0.0) == adapting, (r['step'], name)
+    assert load_depth_seg_net(summary['export_dir'])[0] is not None
+    bad = load_config('test', [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')]
+                      + ['train.stage1_steps=1', 'train.stage2_source_steps=-1'])
+    with pytest.raises(ValueError, match='stage2_source_steps'):
+        train.run(bad, tmp_path / 'bad', method='twin_vae')
 
 
 def test_strong_view_is_a_photometric_re_rendering():

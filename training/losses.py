@@ -319,7 +319,7 @@ REAL_INPUTS = ('translated', 'sim')
 
 def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
                  sky_as_far=True, real_input='translated', lean=False, pseudo=None,
-                 depth_norm='l2', sim_encoder=True):
+                 depth_norm='l2', sim_encoder=True, source_only=False):
     """Compute the stage-2 terms (eqs 11-20) for paired sim and unpaired real images.
 
     x'_R = G_R(z_S), z'_R = E_R(x'_R); x'_S = G_S(z_R), z'_S = E_S(x'_S). Depth and
@@ -334,7 +334,12 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     (``pseudo_terms``).
     ``depth_norm`` is ``depth_loss``'s ``norm``. ``sim_encoder=False`` (lean, sim input
     only) skips E_S altogether: eqs 12-13 are then 0, and nothing else reads it.
+    ``source_only`` (``train.stage2_source_steps``) keeps only eqs 16 and 19 on the sim
+    frames: the heads learn the sim labels before anything aligns, as UDA methods start
+    from a source-trained network; every other term is 0 and costs nothing.
     """
+    if source_only:
+        return _source_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm)
     x_sim = sim_batch['image']
     depth, labels = sim_batch['depth'], sim_batch['labels']
     has_d, has_l = sim_batch.get('has_depth'), sim_batch.get('has_labels')
@@ -389,6 +394,18 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     terms = {k: terms[k] for k in STAGE2_TERMS}   # the documented order
     images = {'sim': x_sim, 'sim_to_real': x_r_fake, 'depth_pred': d_show, 'seg_pred': s_show,
               'depth': depth, 'labels': labels}
+    return terms, images
+
+
+def _source_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm):
+    """Stage-2 terms of a source-only step: E_R and the heads supervised on sim frames."""
+    sup, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm)
+    zero = _zero_like(sup['ce'])
+    terms = dict.fromkeys(STAGE2_TERMS, zero)
+    terms.update(depth_real=sup['depth'], ce_real=sup['ce'])
+    images = {'sim': images['image'], 'sim_to_real': images['image'],
+              'depth_pred': images['depth_pred'], 'seg_pred': images['seg_pred'],
+              'depth': images['depth'], 'labels': images['labels']}
     return terms, images
 
 

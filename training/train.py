@@ -60,6 +60,7 @@ class StageLoss(nn.Module):
         self.depth_norm = str(loss_cfg['depth_norm'])
         self.real_input = str(real_input)
         self.lean = bool(lean)
+        self.source_only = False   # set per step by the trainer (train.stage2_source_steps)
         self.sim_encoder = needs_sim_encoder(loss_cfg, real_input, lean)
         on = {k: float(loss_cfg.get(f's2_pseudo_{k}', 0.0)) > 0 for k in ('ce', 'depth')}
         self.pseudo = {'threshold': float(loss_cfg['pseudo_threshold']),
@@ -77,7 +78,7 @@ class StageLoss(nn.Module):
             return losses.stage2_terms(self.net, first, second['image'], self.model_cfg,
                                        self.gamma, self.mmd_on, self.sky_as_far,
                                        self.real_input, self.lean, self.pseudo,
-                                       self.depth_norm, self.sim_encoder)
+                                       self.depth_norm, self.sim_encoder, self.source_only)
         return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far,
                                        self.depth_norm)
 
@@ -313,9 +314,10 @@ class Trainer:
         weights = stage_weights(stage, self.loss_cfg)
         module = StageLoss(self.net, stage, self.model_cfg, self.loss_cfg,
                            self.t['stage2_real_input'], self.t['stage2_lean'])
-        if self.world > 1:
+        if self.world > 1:   # source-only steps leave E_S and the critic without gradients
             module = DistributedDataParallel(
-                module, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+                module, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                find_unused_parameters=stage == 'stage2' and self._source_steps() > 0)
         loaders = [step_loader(ds, int(self.t['batch_size']), self.world, self.rank,
                                self.seed, sid, start, total, int(self.t['num_workers']))
                    for ds, (_, sid) in zip(datasets, streams)]
@@ -361,8 +363,11 @@ class Trainer:
         teacher = getattr(self.net, 'teacher', None) if stage == 'stage2' else None
         autocast = torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.use_bf16) \
             if self.device.type == 'cuda' else torch.autocast('cpu', enabled=False)
+        source_steps = self._source_steps() if stage == 'stage2' else 0
+        loss_module = getattr(module, 'module', module)   # under DDP, the wrapped StageLoss
         for batches in zip(*loaders):
             batches = [_to(b, self.device) for b in batches]
+            loss_module.source_only = step < source_steps
             with autocast:
                 terms, images = module(*batches)
             total_loss, weighted = losses.weighted_total(terms, weights)
@@ -433,6 +438,13 @@ class Trainer:
         if tb is not None:
             tb.close()
         return {'step': step, 'checkpoint': str(path) if path else None}
+
+    def _source_steps(self):
+        """Return ``train.stage2_source_steps``: stage 2's first, sim-supervised-only steps."""
+        n = int(self.t.get('stage2_source_steps', 0))
+        if n < 0:
+            raise ValueError(f'train.stage2_source_steps={n} must be >= 0')
+        return n
 
     def _end_epoch(self, stage, epoch, step, images, tb, extra, opt, spe, total):
         loss_sum, count = extra['epoch_loss']

@@ -4,8 +4,51 @@ Packing replaces striding with space-to-depth plus a Conv3d that learns to compr
 folded spatial detail, so fine structure survives the downsampling; unpacking is the
 mirror image ending in depth-to-space.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+class _FoldConv3d(torch.autograd.Function):
+    """``F.conv3d`` (3x3x3, padding 1) whose input gradient is a plain forward conv3d.
+
+    A packing Conv3d has one input channel and a volume as large as the image, and on the
+    CPU autograd's transposed conv3d for its input gradient is its slowest kernel. The same
+    gradient is the forward convolution of the output gradient with the flipped, transposed
+    kernel, which runs about three times faster (bench/bench_train.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return F.conv3d(x, weight, bias, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = F.conv3d(grad, weight.flip(2, 3, 4).transpose(0, 1), padding=1)
+        if ctx.needs_input_grad[1]:
+            gw = torch.nn.grad.conv3d_weight(x, weight.shape, grad, padding=1)
+        if ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3, 4))
+        return gx, gw, gb
+
+
+class FoldConv3d(nn.Conv3d):
+    """The packing layers' Conv3d(1 -> d, 3x3x3): the same module, a faster CPU backward."""
+
+    def __init__(self, d):
+        super().__init__(1, d, kernel_size=3, padding=1)
+
+    def forward(self, x):
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if x.is_cpu and torch.is_grad_enabled() and not exporting and (
+                x.requires_grad or self.weight.requires_grad):
+            return _FoldConv3d.apply(x, self.weight, self.bias)
+        return super().forward(x)
 
 
 def conv_in_relu(in_ch, out_ch, kernel_size=3):
@@ -23,7 +66,7 @@ class PackLayer(nn.Module):
     def __init__(self, in_ch, out_ch, kernel_size=3, d=8):
         super().__init__()
         self.d = d
-        self.conv3d = nn.Conv3d(1, d, kernel_size=3, padding=1)
+        self.conv3d = FoldConv3d(d)
         self.conv = conv_in_relu(in_ch * 4 * d, out_ch, kernel_size)
 
     def forward(self, x):
@@ -42,7 +85,7 @@ class UnpackLayer(nn.Module):
             raise ValueError(f'unpacking to {out_ch} channels needs 4*{out_ch} divisible by d={d}')
         self.d = d
         self.conv = conv_in_relu(in_ch, 4 * out_ch // d, kernel_size)
-        self.conv3d = nn.Conv3d(1, d, kernel_size=3, padding=1)
+        self.conv3d = FoldConv3d(d)
 
     def forward(self, x):
         x = self.conv(x)
