@@ -144,9 +144,9 @@ def build_parser():
                    help='evaluate and replay at most N eval frames, evenly spaced (0 = all)')
     p.add_argument('--seed', type=int, default=0, help='data and training seed (default: 0)')
     p.add_argument('--baseline-steps', type=int, default=None,
-                   help='train.supervised_steps of sim_only and the oracle (default: 300, half '
-                        "the cpu preset's 600, so the job stays within 15 minutes; 0 = the "
-                        "preset's; the benchmark's sim_only_300 row)")
+                   help='train.supervised_steps of sim_only and the oracle (default: 300, about '
+                        "a third of the cpu preset's 850, so the job stays within 15 minutes; 0 "
+                        "= the preset's; the benchmark's sim_only_300 row)")
     p.add_argument('--threads', type=int, default=None,
                    help='CPU threads per step (OMP_NUM_THREADS; default: the environment\'s, '
                         'else all cores; 1 with --quick). Use 1 on a machine others are busy on')
