@@ -87,6 +87,15 @@ ROWS = (
      'ablation: the oracle with 600 steps (the previous budget)'),
     ('sim_only_aug_600', 'sim_only', BASE_600,
      'ablation: sim_only_aug with 600 steps (the previous budget)'),
+    ('twin_vae_region', 'twin_vae', ['data.sim.region_aug=1.0'],
+     'variant: the default with per-region texture, tint, blotch and hard-shadow '
+     'randomisation of the sim frames (data.sim.region_aug)'),
+    ('sim_only_region', 'sim_only', ['data.sim.region_aug=1.0'],
+     'ablation: sim_only_aug with the per-region randomisation, no twin-VAE'),
+    ('twin_vae_src_region', 'twin_vae', ['data.sim.region_aug=1.0', 'train.stage2_steps=600',
+                                         'train.stage2_source_steps=500'],
+     'variant: twin_vae_region with 500 source-only steps, then 100 steps of every term: '
+     'the labels learnt at sim_only cost, the real-frame terms on top'),
     ('twin_vae_src', 'twin_vae', ['train.stage2_steps=420', 'train.stage2_source_steps=300'],
      'variant: 300 source-only steps (E_R and the heads on sim frames alone), then 120 steps '
      'of every term: adaptation from a source-trained network, as UDA methods start'),

@@ -22,7 +22,8 @@ from sim2real_perception.predictor import Predictor
 from test_node_support import Harness, test_image
 from training import losses
 from training.critic import critic_channels, FeatureCritic
-from training.data.transforms import appearance_aug
+from training.data.dataset import FrameDataset
+from training.data.transforms import appearance_aug, region_aug
 from training.mean_prior import fit_maps
 from training.metrics import LabelVariation
 
@@ -90,6 +91,50 @@ def test_appearance_aug_changes_look_not_shape_and_is_seeded():
     assert a.shape == img.shape and a.dtype == np.uint8
     assert np.array_equal(a, b)
     assert np.abs(a.astype(int) - img.astype(int)).mean() > 2.0
+
+
+def test_region_aug_varies_each_region_keeps_labels_and_is_seeded():
+    h, w = 48, 96
+    img = np.full((h, w, 3), 128, np.uint8)
+    labels = np.zeros((h, w), np.uint8)
+    labels[:, w // 2:] = 3
+    labels[:h // 4] = 255   # ignored pixels, upper rows: no region and no shadow touches them
+    assert region_aug(img, labels, 0.0, np.random.default_rng(0)) is img
+    assert region_aug(img, None, 1.0, np.random.default_rng(0)) is img
+    outs = [region_aug(img, labels, 1.0, np.random.default_rng(k)) for k in range(8)]
+    assert np.array_equal(outs[0], region_aug(img, labels, 1.0, np.random.default_rng(0)))
+    for out in outs:
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert np.array_equal(out[:h // 4], img[:h // 4])
+    # Over the draws every region is changed, and the two regions differently (per region).
+    left = [o[h // 4:h // 2, :w // 2].astype(float).mean((0, 1)) for o in outs]
+    right = [o[h // 4:h // 2, w // 2:].astype(float).mean((0, 1)) for o in outs]
+    assert max(np.abs(m - 128).max() for m in left) > 10
+    assert max(np.abs(m - 128).max() for m in right) > 10
+    assert max(np.abs(a - b).max() for a, b in zip(left, right)) > 10
+
+
+class _Frames:
+    """A two-frame reader: a flat grey image, with labels or without."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def load(self, i):
+        lab = np.full((32, 64), 2, np.uint8) if self.labels else None
+        return {'image': np.full((32, 64, 3), 120, np.uint8), 'depth': None, 'labels': lab,
+                'name': f'f{i}'}
+
+
+def test_dataset_applies_region_aug_to_labelled_training_frames_only():
+    def image(labels, region, train=True):
+        ds = FrameDataset(_Frames(labels), [0, 1], 32, 64, train=train, seed=3, flip=False,
+                          region=region)
+        return ds[1]['image']
+    flat = image(True, 0.0)
+    assert torch.equal(image(False, 1.0), flat)           # no labels: nothing to randomise
+    assert torch.equal(image(True, 1.0, train=False), flat)   # evaluation: untouched
+    assert (image(True, 1.0) - flat).abs().mean() > 0.01
 
 
 VARIANTS = {'skips_shared': {'skips': 'shared', 'shared_layers': 8},

@@ -49,6 +49,8 @@ DEFAULTS = {
     'color_jitter': 0.0,          # training: brightness/contrast/saturation +-x, hue +-18x deg
     'appearance_aug': 0.0,        # training: camera-photo randomisation strength (gains,
                                   # exposure, shading, grain, blur, noise, JPEG; 0 = off)
+    'region_aug': 0.0,            # training: per-class-region texture/tint/blotch and hard
+                                  # shadow randomisation strength (needs labels; 0 = off)
 }
 
 

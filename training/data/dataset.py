@@ -17,20 +17,20 @@ from sim2real_perception.labels import IGNORE_INDEX
 
 from .data_config import open_source, resolve, select_indices
 from .image_files import DataError
-from .transforms import appearance_aug, color_jitter, fit_frame, hflip
+from .transforms import appearance_aug, color_jitter, fit_frame, hflip, region_aug
 
 
 class FrameDataset(Dataset):
     """Frames of one reader, resized/cropped to the model size, augmented when training."""
 
     def __init__(self, source, indices, height, width, train=False, seed=0, resize='crop',
-                 flip=True, jitter=0.0, skip_bad=False, appearance=0.0):
+                 flip=True, jitter=0.0, skip_bad=False, appearance=0.0, region=0.0):
         self.source, self.indices = source, list(indices)
         self.height, self.width = int(height), int(width)
         self.train, self.seed, self.epoch = bool(train), int(seed), 0
         self.resize, self.flip, self.jitter = resize, bool(flip), float(jitter)
         self.skip_bad = bool(skip_bad)
-        self.appearance = float(appearance)
+        self.appearance, self.region = float(appearance), float(region)
         #: ``(name, reason)`` of frames that failed to decode and were replaced (skip_bad).
         self.load_failures = []
 
@@ -61,6 +61,7 @@ class FrameDataset(Dataset):
             if self.flip and rng.random() < 0.5:
                 frame = hflip(frame)
             frame['image'] = color_jitter(frame['image'], self.jitter, rng)
+            frame['image'] = region_aug(frame['image'], frame.get('labels'), self.region, rng)
             frame['image'] = appearance_aug(frame['image'], self.appearance, rng)
         return to_tensors(frame, self.height, self.width)
 
@@ -94,7 +95,7 @@ def build_dataset(data_cfg, split, height, width, train, seed, source=None):
               f'{source.skipped[0][0]} ({source.skipped[0][1]})', file=sys.stderr)
     return FrameDataset(source, select_indices(source, cfg, split), height, width, train, seed,
                         cfg['resize'], cfg['hflip'], cfg['color_jitter'], cfg['skip_bad'],
-                        cfg['appearance_aug'])
+                        cfg['appearance_aug'], cfg['region_aug'])
 
 
 def iter_frames(data_cfg, max_frames=None, split='all'):

@@ -147,3 +147,47 @@ def appearance_aug(image, strength, rng):
         if ok:
             out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     return out
+
+
+def region_aug(image, labels, strength, rng):
+    """Randomise each labelled region's surface of a clean (sim) frame; ``strength`` scales all.
+
+    Texture randomisation (Tobin et al. 2017; Yue et al. 2019), per class region, drawn per
+    frame: a colour gain, a multiplicative grain at a random scale and, for some regions,
+    blotches blended towards a random dull colour; then a few hard-edged dark polygons in the
+    lower half (cast-shadow-like). Game-engine surfaces are flat, photographed ones are not:
+    a network that only saw flat class colours reads a textured or shadowed surface as
+    another class. It leaves the class's shape and context as the stable cue. Geometry and
+    labels are untouched; at 0 or without labels it returns ``image``.
+    """
+    if strength <= 0 or labels is None:
+        return image
+    s = float(strength)
+    h, w = labels.shape[:2]
+    x = image.astype(np.float32) / 255.0
+
+    def field(cell, low=0.0, high=1.0):   # smooth random field in [low, high] at ~cell px
+        grid = rng.uniform(low, high, (max(h // cell, 1) + 1, max(w // cell, 1) + 1))
+        return cv2.resize(grid.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+
+    for cls in np.unique(labels):
+        if cls >= 255 or rng.random() < 0.3:   # IGNORE_INDEX, and ~30 % of regions stay flat
+            continue
+        m = labels == cls
+        gain = rng.normal(1.0, 0.12 * s, 3).astype(np.float32)
+        grain = field(int(rng.integers(1, 9)), -1.0, 1.0)[m] * np.float32(rng.uniform(0, 0.3 * s))
+        region = x[m] * gain * (1.0 + grain)[:, None]
+        if rng.random() < 0.5:
+            colour = rng.uniform(0.2, 0.6, 3).astype(np.float32)
+            blend = (np.float32(0.7 * s) * field(int(rng.integers(8, 33)))[m] ** 2)[:, None]
+            region = region * (1.0 - blend) + colour * blend
+        x[m] = region
+    for _ in range(int(rng.integers(0, 4))):   # hard shadows on the lower half
+        centre = rng.uniform([0.0, h * 0.5], [w, h])
+        radius = rng.uniform(0.05, 0.25) * w
+        angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 7))))
+        poly = centre + radius * np.stack([np.cos(angles), 0.4 * np.sin(angles)], 1)
+        mask = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
+        x[mask > 0] *= np.float32(1.0 - rng.uniform(0.2, 0.55) * min(s, 1.0))
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
