@@ -92,6 +92,8 @@ ROWS = (
      'randomisation of the sim frames (data.sim.region_aug)'),
     ('sim_only_region', 'sim_only', ['data.sim.region_aug=1.0'],
      'ablation: sim_only_aug with the per-region randomisation, no twin-VAE'),
+    ('sim_only_region_half', 'sim_only', ['data.sim.region_aug=0.5'],
+     'ablation: sim_only_region at half the randomisation strength'),
     ('twin_vae_src_region', 'twin_vae', ['data.sim.region_aug=1.0', 'train.stage2_steps=600',
                                          'train.stage2_source_steps=500'],
      'variant: twin_vae_region with 500 source-only steps, then 100 steps of every term: '

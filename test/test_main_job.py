@@ -11,15 +11,17 @@ import pytest
 from training import main_job
 from training.steps import Pipeline, StepFailed
 
-STEPS = ('data', 'train_twin_vae', 'train_sim_only', 'train_mean_prior', 'onnx_twin_vae',
+MAIN = main_job.DEFAULT_MODEL
+STEPS = ('data', f'train_{MAIN}', 'train_sim_only', 'train_mean_prior', f'onnx_{MAIN}',
          'onnx_sim_only', 'onnx_mean_prior', 'evaluate_torch', 'evaluate_onnxruntime',
          'make_bag', 'replay')
 
 
-def run_job(repo_root, workdir):
+def run_job(repo_root, workdir, *extra):
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, '-m', 'training.main_job', '--quick', '--workdir', str(workdir)],
+        [sys.executable, '-m', 'training.main_job', '--quick', '--workdir', str(workdir),
+         *extra],
         cwd=repo_root, capture_output=True, text=True, timeout=600,
         env={**os.environ, 'OMP_NUM_THREADS': '1'})
     return proc, time.monotonic() - t0
@@ -41,17 +43,18 @@ def test_quick_run_report(first):
     assert '-> AGREE' in out and 'exit code 0 (clean)' in out
     report = json.loads((workdir / 'report.json').read_text())
     offline = report['offline']
-    assert set(offline) == {'twin_vae', 'sim_only', 'mean_prior'}
+    assert report['main_model'] == MAIN
+    assert set(offline) == {MAIN, 'sim_only', 'mean_prior'}
     # The floor predicts one map for every frame; the report says how much each follows.
     assert offline['mean_prior']['segmentation']['label_change_share'] == 0.0
-    assert 0 < offline['twin_vae']['segmentation']['gt_label_change_share'] < 1
-    assert 'twin_vae vs mean_prior:' in out and 'twin_vae vs sim_only:' in out
+    assert 0 < offline[MAIN]['segmentation']['gt_label_change_share'] < 1
+    assert f'{MAIN} vs mean_prior:' in out and f'{MAIN} vs sim_only:' in out
     assert 'LblChg' in out and 'ground truth' in out
     for result in list(offline.values()) + [report['replay']]:
         assert math.isfinite(result['depth']['abs_rel']) and result['depth']['n_pixels'] > 0
         assert math.isfinite(result['segmentation']['miou'])
     rep = report['replay']
-    n = offline['twin_vae']['frames']
+    n = offline[MAIN]['frames']
     assert n == 4  # 16 real-style frames, 4 drives, the last quarter of each
     assert rep['frames_in_bag'] == rep['frames_sent'] == rep['frames_answered'] == n
     assert rep['frames_dropped'] == 0
@@ -61,11 +64,11 @@ def test_quick_run_report(first):
     # Check the agreement from the tools' own outputs, not from the job's summary of them.
     ev = json.loads((workdir / 'eval' / 'onnxruntime' / 'eval.json').read_text())
     replayed = json.loads((workdir / 'replay' / 'replay.json').read_text())
-    assert ev['models']['twin_vae']['runtime'].startswith('onnxruntime')
+    assert ev['models'][MAIN]['runtime'].startswith('onnxruntime')
     for section, keys in (('depth', main_job.DEPTH_KEYS), ('segmentation', main_job.SEG_KEYS)):
         for key in keys:
             assert replayed[section][key] == pytest.approx(
-                ev['models']['twin_vae'][section][key], rel=main_job.AGREE_RTOL), key
+                ev['models'][MAIN][section][key], rel=main_job.AGREE_RTOL), key
     assert report['torch_vs_onnxruntime_max_abs_diff'] < 1e-3
     lat = report['latency_ms']
     assert 0 < lat['p50'] <= lat['p90'] <= lat['p99'] and report['rate_hz'] > 0
@@ -161,12 +164,30 @@ def test_help_lists_every_option():
     assert '--baseline-steps' in text
 
 
+def test_twin_vae_as_the_main_model(repo_root, tmp_path):
+    """``--model twin_vae``: the twin-VAE is trained, served by the node and compared."""
+    proc, _ = run_job(repo_root, tmp_path, '--model', 'twin_vae')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / 'report.json').read_text())
+    assert report['main_model'] == 'twin_vae'
+    assert set(report['offline']) == {'twin_vae', 'sim_only', 'mean_prior'}
+    assert report['offline_vs_replay']['model'] == 'twin_vae'
+    assert report['offline_vs_replay']['agree']
+    assert 'train the twin-VAE' in proc.stdout and 'twin_vae vs sim_only:' in proc.stdout
+    meta = json.loads((tmp_path / 'runs' / 'twin_vae' / 'export' / 'config.json').read_text())
+    assert meta['metadata']['method'] == 'twin_vae'
+
+
 def test_baselines_get_their_own_step_budget(first):
     assert main_job.method_sets('sim_only', 300) == ['data.sim.appearance_aug=0.0',
                                                      'train.supervised_steps=300']
     assert main_job.method_sets('oracle', 300) == ['train.supervised_steps=300']
     assert main_job.method_sets('twin_vae', 300) == []    # the twin-VAE keeps the preset's
     assert main_job.method_sets('sim_only', 0) == ['data.sim.appearance_aug=0.0']
+    # A main-model recipe trains at the preset's full budget with its own overrides only.
+    assert main_job.method_sets('sim_only_region', 300) == ['data.sim.region_aug=1.0']
+    assert main_job.RECIPES['sim_only_region'][0] == 'sim_only'
+    assert main_job.DEFAULT_MODEL in main_job.RECIPES
     workdir, _, _ = first
     meta = json.loads((workdir / 'runs' / 'sim_only' / 'export' / 'config.json').read_text())
     assert meta['metadata']['steps'] == {'supervised': 4}  # 0: the test preset's 4

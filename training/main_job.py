@@ -6,17 +6,19 @@
 Steps, each a separate tool run with its output streamed and logged under WORKDIR/steps:
 
 1. generate procedural sim (Virtual KITTI 2 tree) and real-style (KITTI tree) data
-2. train the twin-VAE, stage 1 + stage 2 (``training.train --method twin_vae``)
-3. train the sim-only baseline (``--method sim_only``); ``--with-oracle`` adds the oracle
-4. export both models to ONNX (``sim2real_perception.onnx_export``, with a parity check)
-5. evaluate both models offline on the real-style eval split, PyTorch backend
+2. train the main model, the recipe ``--model`` names (``RECIPES``; default: the
+   benchmark's best adapted row, see docs/benchmarks.md)
+3. train the sim-only baseline (``--method sim_only``) and fit the ``mean_prior`` floor;
+   ``--with-oracle`` adds the oracle
+4. export every model to ONNX (``sim2real_perception.onnx_export``, with a parity check)
+5. evaluate them offline on the real-style eval split, PyTorch backend
 6. the same with ONNX Runtime (the node's backend)
 7. write the same eval frames to an mcap rosbag2 (``training.make_bag``)
-8. start ``depth_seg_node`` as its own process with ``config/depth_seg.yaml``, replay the
-   bag through it in lock-step (``training.replay``, recording what went in and came back
+8. start ``depth_seg_node`` as its own process with ``config/depth_seg.yaml`` and the main
+   model, replay the bag through it in lock-step (``training.replay``, recording what went in and came back
    to ``replay/outputs_bag``, an mcap rosbag2 for Foxglove / RViz), stop the node
 9. print one report: offline vs replay metrics (same model, same frames: they must agree),
-   twin-VAE vs sim-only, latency and rate, total time, where the figures are
+   the main model vs sim-only and the floor, latency and rate, total time, the figures
 
 Finished steps are reused on the next run (``--fresh`` redoes everything; a changed option
 redoes the step it changes and everything after it). Everything stays on this machine: DDS
@@ -49,6 +51,14 @@ SIM_CAMERA = ('cam_height_m=1.65', 'pitch_deg=1.0')
 #: Extra overrides per method: sim_only is the no-adaptation baseline, so its sim frames
 #: keep their clean look (the preset randomises them for the twin-VAE).
 METHOD_SETS = {'sim_only': ('data.sim.appearance_aug=0.0',)}
+#: The main model's recipes: name -> (training method, overrides). Each is a row of
+#: bench/bench_transfer.py and trains at the preset's full budget.
+RECIPES = {
+    'twin_vae': ('twin_vae', ()),   # the cpu preset's twin-VAE (row twin_vae)
+    # sim_only on sim frames with the camera-photo and the per-region randomisation
+    'sim_only_region': ('sim_only', ('data.sim.region_aug=1.0',)),
+}
+DEFAULT_MODEL = 'sim_only_region'
 
 #: Data sizes and the training preset per mode (all overridable on the command line).
 PROFILES = {
@@ -63,7 +73,9 @@ PROFILES = {
 
 
 def method_sets(method, baseline_steps=0):
-    """Return a method's own overrides: ``METHOD_SETS`` and the baselines' step budget."""
+    """Return a run's own overrides: a recipe's, ``METHOD_SETS`` and the baselines' steps."""
+    if method in RECIPES and RECIPES[method][0] != method:
+        return list(RECIPES[method][1])
     own = list(METHOD_SETS.get(method, ()))
     if method in ('sim_only', 'oracle') and baseline_steps:
         own.append(f'train.supervised_steps={int(baseline_steps)}')
@@ -86,7 +98,8 @@ class Job:
         self.data = self.work / 'data'
         self.runs = self.work / 'runs'
         self.bag = self.work / 'eval_bag'
-        self.methods = ['twin_vae', 'sim_only', 'mean_prior'] + \
+        self.main = args.model
+        self.methods = [self.main, 'sim_only', 'mean_prior'] + \
             (['oracle'] if args.with_oracle else [])
         self.sets = [f'data.{s}.root={self.data}' for s in ('sim', 'real', 'eval')]
         self.sets += [f'data.{s}.val_fraction={args.val_fraction}' for s in ('real', 'eval')]
@@ -122,6 +135,12 @@ def build_parser():
     p.add_argument('--quick', action='store_true',
                    help='tiny data and the `test` preset: the whole job in 1-3 minutes on 2 '
                         'cores (numbers meaningless; used by the test suite)')
+    p.add_argument('--model', default=DEFAULT_MODEL, choices=sorted(RECIPES),
+                   help='the main model: the recipe trained, served by the node in the '
+                        f'replay and compared with sim_only and the floor (default: '
+                        f'{DEFAULT_MODEL}; twin_vae: the cpu preset\'s twin-VAE; '
+                        'sim_only_region: sim_only on sim frames with the camera-photo and '
+                        'per-region randomisation)')
     p.add_argument('--with-oracle', action='store_true',
                    help='also train and evaluate the oracle baseline (real labels)')
     p.add_argument('--config', default=None,
@@ -243,7 +262,7 @@ def live_replay(job, eval_cfg):
     from . import replay
     out = job.work / 'replay'
     out.mkdir(parents=True, exist_ok=True)
-    cmd, proc = start_node(job.export('twin_vae'), out / 'node.log')
+    cmd, proc = start_node(job.export(job.main), out / 'node.log')
     try:
         opts = replay.ReplayOptions(
             bag=str(job.bag), mode='lockstep', image_topic=IMAGE_TOPIC, depth_topic='/depth',
@@ -295,11 +314,12 @@ def metrics_diff(a, b):
 def build_report(job, pipe, eval_torch, eval_ort, rep):
     """Assemble the final report dict from the eval.json files and the replay report."""
     models_ort, models_torch = eval_ort['models'], eval_torch['models']
-    rows, worst = compare(models_ort['twin_vae'], rep)
-    frames = models_ort['twin_vae']['frames']
+    rows, worst = compare(models_ort[job.main], rep)
+    frames = models_ort[job.main]['frames']
     lat = rep['latency_ms']
     return {
         'workdir': str(job.work), 'config': job.args.config, 'quick': job.args.quick,
+        'main_model': job.main,
         'data': {'root': str(job.data), 'sim_frames': job.args.sim_frames,
                  'real_frames': job.args.real_frames,
                  'size': [job.args.height, job.args.width], 'eval_frames': frames},
@@ -314,7 +334,7 @@ def build_report(job, pipe, eval_torch, eval_ort, rep):
                                        'frames_answered', 'frames_dropped', 'latency_ms',
                                        'achieved_rate_hz', 'depth', 'segmentation', 'node')},
         'offline_vs_replay': {
-            'model': 'twin_vae', 'backend': 'onnxruntime', 'frames': frames,
+            'model': job.main, 'backend': 'onnxruntime', 'frames': frames,
             'rows': [{'metric': m, 'offline': x, 'replay': y, 'abs_diff': d}
                      for m, x, y, d in rows],
             'max_abs_diff': max((r[3] for r in rows), default=0.0),
@@ -335,13 +355,13 @@ def _f(value, digits=4):
     return '-' if value is None or not math.isfinite(value) else f'{value:.{digits}f}'
 
 
-def verdict_lines(offline):
-    """Say whether the twin-VAE beats the floor and sim_only, and how it follows the image."""
-    if 'twin_vae' not in offline:
+def verdict_lines(offline, main='twin_vae'):
+    """Say whether the main model beats the floor and sim_only, and how it follows the image."""
+    if main not in offline:
         return []
-    tv = offline['twin_vae']
+    tv = offline[main]
     gt = tv['segmentation'].get('gt_label_change_share')
-    lines = [f'  ground truth    {"":>48}{_f(gt, 3):>8}',
+    lines = [f'  {"ground truth":<16}{"":>57}{_f(gt, 3):>8}',
              '  LblChg: share of pixels whose label differs from that pixel\'s most frequent '
              'label over the frames']
     for other in ('mean_prior', 'sim_only'):
@@ -350,7 +370,7 @@ def verdict_lines(offline):
         o = offline[other]
         depth_ok = _num(tv['depth']['abs_rel']) < _num(o['depth']['abs_rel'])
         seg_ok = _num(tv['segmentation']['miou']) > _num(o['segmentation']['miou'])
-        lines.append(f'  twin_vae vs {other}: AbsRel {"better" if depth_ok else "NOT better"}'
+        lines.append(f'  {main} vs {other}: AbsRel {"better" if depth_ok else "NOT better"}'
                      f', mIoU {"better" if seg_ok else "NOT better"}')
     return lines
 
@@ -365,15 +385,15 @@ def format_report(r):
              f'eval = {r["data"]["eval_frames"]} held-out real-style frames; preset '
              f'{r["config"]}', '',
              'Offline evaluation (training.evaluate, ONNX Runtime), real-style eval split:',
-             f'  {"method":<11}{"AbsRel":>8}{"SqRel":>8}{"RMSE":>8}{"RMSElog":>9}'
+             f'  {"method":<16}{"AbsRel":>8}{"SqRel":>8}{"RMSE":>8}{"RMSElog":>9}'
              f'{"d<1.25":>8}{"mIoU":>8}{"PixAcc":>8}{"LblChg":>8}']
     for name, m in r['offline'].items():
         d, s = m['depth'], m['segmentation']
-        lines.append(f'  {name:<11}{_f(d["abs_rel"], 3):>8}{_f(d["sq_rel"], 3):>8}'
+        lines.append(f'  {name:<16}{_f(d["abs_rel"], 3):>8}{_f(d["sq_rel"], 3):>8}'
                      f'{_f(d["rmse"], 3):>8}{_f(d["rmse_log"], 3):>9}{_f(d["a1"], 3):>8}'
                      f'{_f(s["miou"], 3):>8}{_f(s["pixel_acc"], 3):>8}'
                      f'{_f(s.get("label_change_share"), 3):>8}')
-    lines += verdict_lines(r['offline'])
+    lines += verdict_lines(r['offline'], r.get('main_model', 'twin_vae'))
     lines.append(f'  PyTorch backend vs ONNX Runtime: max |difference| over all metrics '
                  f'{r["torch_vs_onnxruntime_max_abs_diff"]:.2e}')
     lines += ['', f'Offline vs replay through depth_seg_node ({cmp_["model"]}, '
@@ -435,6 +455,7 @@ def run(args):
         f'generate {args.sim_frames} sim + {args.real_frames} real-style frames '
         f'({args.width}x{args.height})', outputs=[job.data])
     what = {'twin_vae': 'train the twin-VAE, stage 1 + stage 2',
+            'sim_only_region': 'train sim_only on randomised sim frames (main model)',
             'sim_only': 'train the sim-only baseline (no adaptation)',
             'mean_prior': 'fit the mean_prior floor (per-pixel sim statistics)',
             'oracle': 'train the oracle baseline (real labels)'}
@@ -442,7 +463,8 @@ def run(args):
         own = method_sets(method, args.baseline_steps)
         sets = [*own, *job.sets]
         pipe.run(f'train_{method}', job.with_sets(job.py(
-            'training.train', '--config', args.config, '--method', method, '--stage', 'all',
+            'training.train', '--config', args.config, '--method',
+            RECIPES.get(method, (method,))[0], '--stage', 'all',
             '--seed', args.seed, '--run-dir', job.runs / method, '--no-progress',
             *[a for item in own for a in ('--set', item)])),
             what[method], outputs=[job.runs / method], resume_args=['--resume'],
@@ -466,7 +488,7 @@ def run(args):
         args.eval_frames, '--storage', 'mcap', '--out', job.bag, '--quiet')),
         'write the eval frames to an mcap rosbag2', outputs=[job.bag])
     eval_cfg = evals['onnxruntime']['eval']
-    key = json.dumps({'model': str(job.export('twin_vae')), 'bag': str(job.bag),
+    key = json.dumps({'model': str(job.export(job.main)), 'bag': str(job.bag),
                       'params': str(NODE_PARAMS), 'record': OUTPUTS_BAG})
     rep = pipe.step('replay', key, 'depth_seg_node process + lock-step bag replay',
                     lambda: live_replay(job, eval_cfg), outputs=[job.work / 'replay'])
