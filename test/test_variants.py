@@ -114,6 +114,25 @@ def test_region_aug_varies_each_region_keeps_labels_and_is_seeded():
     assert max(np.abs(a - b).max() for a, b in zip(left, right)) > 10
 
 
+def test_region_aug_tint_zero_keeps_each_region_hue():
+    h, w = 48, 96
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, :w // 2] = (160, 80, 40)
+    img[:, w // 2:] = (40, 90, 150)
+    labels = np.zeros((h, w), np.uint8)
+    labels[:, w // 2:] = 3
+
+    def hue_shift(tint):   # largest change of a region's channel proportions over 8 draws
+        worst = 0.0
+        for k in range(8):
+            out = region_aug(img, labels, 1.0, np.random.default_rng(k), tint).astype(float)
+            for sl in (np.s_[:, :w // 2], np.s_[:, w // 2:]):
+                a, b = out[sl].reshape(-1, 3).sum(0), img[sl].reshape(-1, 3).sum(0) + 0.0
+                worst = max(worst, np.abs(a / a.sum() - b / b.sum()).max())
+        return worst
+    assert hue_shift(0.0) < 0.02 < hue_shift(1.0)
+
+
 class _Frames:
     """A two-frame reader: a flat grey image, with labels or without."""
 

@@ -51,6 +51,8 @@ DEFAULTS = {
                                   # exposure, shading, grain, blur, noise, JPEG; 0 = off)
     'region_aug': 0.0,            # training: per-class-region texture/tint/blotch and hard
                                   # shadow randomisation strength (needs labels; 0 = off)
+    'region_tint': 1.0,           # how far region_aug may move a region's hue (0: brightness
+                                  # and the region's own colour only; 1: random colours)
 }
 
 

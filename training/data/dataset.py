@@ -24,13 +24,15 @@ class FrameDataset(Dataset):
     """Frames of one reader, resized/cropped to the model size, augmented when training."""
 
     def __init__(self, source, indices, height, width, train=False, seed=0, resize='crop',
-                 flip=True, jitter=0.0, skip_bad=False, appearance=0.0, region=0.0):
+                 flip=True, jitter=0.0, skip_bad=False, appearance=0.0, region=0.0,
+                 region_tint=1.0):
         self.source, self.indices = source, list(indices)
         self.height, self.width = int(height), int(width)
         self.train, self.seed, self.epoch = bool(train), int(seed), 0
         self.resize, self.flip, self.jitter = resize, bool(flip), float(jitter)
         self.skip_bad = bool(skip_bad)
         self.appearance, self.region = float(appearance), float(region)
+        self.region_tint = float(region_tint)
         #: ``(name, reason)`` of frames that failed to decode and were replaced (skip_bad).
         self.load_failures = []
 
@@ -61,7 +63,8 @@ class FrameDataset(Dataset):
             if self.flip and rng.random() < 0.5:
                 frame = hflip(frame)
             frame['image'] = color_jitter(frame['image'], self.jitter, rng)
-            frame['image'] = region_aug(frame['image'], frame.get('labels'), self.region, rng)
+            frame['image'] = region_aug(frame['image'], frame.get('labels'), self.region, rng,
+                                        self.region_tint)
             frame['image'] = appearance_aug(frame['image'], self.appearance, rng)
         return to_tensors(frame, self.height, self.width)
 
@@ -95,7 +98,7 @@ def build_dataset(data_cfg, split, height, width, train, seed, source=None):
               f'{source.skipped[0][0]} ({source.skipped[0][1]})', file=sys.stderr)
     return FrameDataset(source, select_indices(source, cfg, split), height, width, train, seed,
                         cfg['resize'], cfg['hflip'], cfg['color_jitter'], cfg['skip_bad'],
-                        cfg['appearance_aug'], cfg['region_aug'])
+                        cfg['appearance_aug'], cfg['region_aug'], cfg['region_tint'])
 
 
 def iter_frames(data_cfg, max_frames=None, split='all'):

@@ -149,7 +149,7 @@ def appearance_aug(image, strength, rng):
     return out
 
 
-def region_aug(image, labels, strength, rng):
+def region_aug(image, labels, strength, rng, tint=1.0):
     """Randomise each labelled region's surface of a clean (sim) frame; ``strength`` scales all.
 
     Texture randomisation (Tobin et al. 2017; Yue et al. 2019), per class region, drawn per
@@ -158,7 +158,10 @@ def region_aug(image, labels, strength, rng):
     lower half (cast-shadow-like). Game-engine surfaces are flat, photographed ones are not:
     a network that only saw flat class colours reads a textured or shadowed surface as
     another class. It leaves the class's shape and context as the stable cue. Geometry and
-    labels are untouched; at 0 or without labels it returns ``image``.
+    labels are untouched; at 0 or without labels it returns ``image``. ``tint`` scales how far
+    a region's hue may move (the colour gain's per-channel part and the blotch colour's pull
+    away from the region's own colour); at 0 colour stays a cue: brightness gains and darker
+    or lighter blotches of the region's own colour only.
     """
     if strength <= 0 or labels is None:
         return image
@@ -175,10 +178,15 @@ def region_aug(image, labels, strength, rng):
             continue
         m = labels == cls
         gain = rng.normal(1.0, 0.12 * s, 3).astype(np.float32)
+        if tint != 1.0:
+            gain = np.float32(gain.mean() + tint * (gain - gain.mean()))
         grain = field(int(rng.integers(1, 9)), -1.0, 1.0)[m] * np.float32(rng.uniform(0, 0.3 * s))
         region = x[m] * gain * (1.0 + grain)[:, None]
         if rng.random() < 0.5:
             colour = rng.uniform(0.2, 0.6, 3).astype(np.float32)
+            if tint < 1.0:   # towards the region's own colour, darker or lighter
+                own = x[m].mean(0) * np.float32(rng.uniform(0.5, 1.3))
+                colour = np.float32(tint) * colour + np.float32(1.0 - tint) * own
             blend = (np.float32(0.7 * s) * field(int(rng.integers(8, 33)))[m] ** 2)[:, None]
             region = region * (1.0 - blend) + colour * blend
         x[m] = region
