@@ -15,8 +15,9 @@ Steps, each a separate tool run with its output streamed and logged under WORKDI
 6. the same with ONNX Runtime (the node's backend)
 7. write the same eval frames to an mcap rosbag2 (``training.make_bag``)
 8. start ``depth_seg_node`` as its own process with ``config/depth_seg.yaml`` and the main
-   model, replay the bag through it in lock-step (``training.replay``, recording what went in and came back
-   to ``replay/outputs_bag``, an mcap rosbag2 for Foxglove / RViz), stop the node
+   model, replay the bag through it in lock-step (``training.replay``, recording what went
+   in and came back to ``replay/outputs_bag``, an mcap rosbag2 for Foxglove / RViz), stop
+   the node
 9. print one report: offline vs replay metrics (same model, same frames: they must agree),
    the main model vs sim-only and the floor, latency and rate, total time, the figures
 
