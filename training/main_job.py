@@ -75,7 +75,7 @@ PROFILES = {
 
 def method_sets(method, baseline_steps=0):
     """Return a run's own overrides: a recipe's, ``METHOD_SETS`` and the baselines' steps."""
-    if method in RECIPES and RECIPES[method][0] != method:
+    if method in RECIPES:
         return list(RECIPES[method][1])
     own = list(METHOD_SETS.get(method, ()))
     if method in ('sim_only', 'oracle') and baseline_steps:
@@ -356,12 +356,12 @@ def _f(value, digits=4):
     return '-' if value is None or not math.isfinite(value) else f'{value:.{digits}f}'
 
 
-def verdict_lines(offline, main='twin_vae'):
+def verdict_lines(offline, main):
     """Say whether the main model beats the floor and sim_only, and how it follows the image."""
     if main not in offline:
         return []
-    tv = offline[main]
-    gt = tv['segmentation'].get('gt_label_change_share')
+    ours = offline[main]
+    gt = ours['segmentation'].get('gt_label_change_share')
     lines = [f'  {"ground truth":<16}{"":>57}{_f(gt, 3):>8}',
              '  LblChg: share of pixels whose label differs from that pixel\'s most frequent '
              'label over the frames']
@@ -369,8 +369,8 @@ def verdict_lines(offline, main='twin_vae'):
         if other not in offline:
             continue
         o = offline[other]
-        depth_ok = _num(tv['depth']['abs_rel']) < _num(o['depth']['abs_rel'])
-        seg_ok = _num(tv['segmentation']['miou']) > _num(o['segmentation']['miou'])
+        depth_ok = _num(ours['depth']['abs_rel']) < _num(o['depth']['abs_rel'])
+        seg_ok = _num(ours['segmentation']['miou']) > _num(o['segmentation']['miou'])
         lines.append(f'  {main} vs {other}: AbsRel {"better" if depth_ok else "NOT better"}'
                      f', mIoU {"better" if seg_ok else "NOT better"}')
     return lines
@@ -394,7 +394,7 @@ def format_report(r):
                      f'{_f(d["rmse"], 3):>8}{_f(d["rmse_log"], 3):>9}{_f(d["a1"], 3):>8}'
                      f'{_f(s["miou"], 3):>8}{_f(s["pixel_acc"], 3):>8}'
                      f'{_f(s.get("label_change_share"), 3):>8}')
-    lines += verdict_lines(r['offline'], r.get('main_model', 'twin_vae'))
+    lines += verdict_lines(r['offline'], r['main_model'])
     lines.append(f'  PyTorch backend vs ONNX Runtime: max |difference| over all metrics '
                  f'{r["torch_vs_onnxruntime_max_abs_diff"]:.2e}')
     lines += ['', f'Offline vs replay through depth_seg_node ({cmp_["model"]}, '
