@@ -14,6 +14,7 @@ from rclpy.parameter import Parameter
 
 from sim2real_perception.config import load_config
 from sim2real_perception.depth_seg_node import DepthSegNode
+from sim2real_perception.labels import CLASS_NAMES, IGNORE_INDEX
 from sim2real_perception.model import (build_model, decode_depth, DepthSegNet, MeanPriorNet,
                                        ModelConfig, TwinVAE)
 from sim2real_perception.model_io import export_model_dir, load_depth_seg_net
@@ -22,6 +23,7 @@ from sim2real_perception.predictor import Predictor
 from test_node_support import Harness, test_image
 from training import losses
 from training.critic import critic_channels, FeatureCritic
+from training.data.data_config import resolve
 from training.data.dataset import FrameDataset
 from training.data.transforms import appearance_aug, region_aug
 from training.mean_prior import fit_maps
@@ -154,6 +156,79 @@ def test_dataset_applies_region_aug_to_labelled_training_frames_only():
     assert torch.equal(image(False, 1.0), flat)           # no labels: nothing to randomise
     assert torch.equal(image(True, 1.0, train=False), flat)   # evaluation: untouched
     assert (image(True, 1.0) - flat).abs().mean() > 0.01
+
+
+class _Vans:
+    """A one-frame reader whose labels hold a van, a car, a road and ignored pixels."""
+
+    def load(self, i):
+        lab = np.full((32, 64), CLASS_NAMES.index('road'), np.uint8)
+        lab[:8, :16] = CLASS_NAMES.index('van')
+        lab[8:16, :16] = CLASS_NAMES.index('car')
+        lab[16:20] = IGNORE_INDEX
+        return {'image': np.full((32, 64, 3), 120, np.uint8), 'depth': None, 'labels': lab,
+                'name': f'f{i}'}
+
+
+def test_relabel_reads_vans_as_cars_and_nothing_else_changes():
+    plain = FrameDataset(_Vans(), [0], 32, 64, flip=False)[0]['labels']
+    kitti = FrameDataset(_Vans(), [0], 32, 64, flip=False, relabel={'van': 'car'})[0]['labels']
+    van, car = CLASS_NAMES.index('van'), CLASS_NAMES.index('car')
+    assert (plain == van).sum() == 8 * 16 and not (kitti == van).any()
+    assert (kitti[plain == van] == car).all()
+    assert torch.equal(kitti[plain != van], plain[plain != van])   # ignore (255) stays
+    assert (kitti == IGNORE_INDEX).sum() == 4 * 64
+
+
+def test_relabel_names_are_checked_at_start_up():
+    base = {'format': 'procedural_sim', 'root': 'anywhere'}
+    assert resolve({**base, 'relabel': {'van': 'car'}})['relabel'] == {'van': 'car'}
+    with pytest.raises(ValueError, match="unknown class 'lorry'"):
+        resolve({**base, 'relabel': {'lorry': 'car'}})
+    with pytest.raises(ValueError, match='mapping of class names'):
+        resolve({**base, 'relabel': ['van', 'car']})
+
+
+def test_class_balance_weights_by_hand():
+    # shares 0.64, 0.32, 0.04, 0: at power 0.5 weights c / sqrt(share), normalised so the
+    # pixel-weighted mean is 1: c * (0.8 + 0.566 + 0.2) = 1.
+    w = losses.class_balance_weights([64, 32, 4, 0], 0.5)
+    c = 1.0 / (math.sqrt(0.64) + math.sqrt(0.32) + math.sqrt(0.04))
+    expect = [c / math.sqrt(0.64), c / math.sqrt(0.32), c / math.sqrt(0.04), 0.0]
+    assert torch.allclose(w, torch.tensor(expect), rtol=1e-5)
+    assert torch.allclose(losses.class_balance_weights([64, 32, 4, 0], 0.0),
+                          torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    with pytest.raises(ValueError):
+        losses.class_balance_weights([0, 0], 0.5)
+
+
+def test_weighted_seg_loss_weighs_pixels_by_their_class():
+    logits = torch.zeros(1, 3, 1, 4)
+    logits[0, 0] = 2.0                      # every pixel says class 0
+    labels = torch.tensor([[[0, 0, 0, 2]]])
+    per_pixel = [math.log(1 + 2 * math.exp(-2.0))] * 3 + [2.0 + math.log(1 + 2 * math.exp(-2.0))]
+    weight = torch.tensor([1.0, 5.0, 3.0])
+    expect = (sum(per_pixel[:3]) + 3.0 * per_pixel[3]) / (3 * 1.0 + 3.0)
+    got = losses.seg_loss(logits, labels, weight=weight)
+    assert math.isclose(float(got), expect, rel_tol=1e-5)
+    plain = losses.seg_loss(logits, labels)
+    assert math.isclose(float(plain), sum(per_pixel) / 4, rel_tol=1e-5)
+
+
+def test_training_with_class_balance_counts_the_labelled_frames(tiny_data, tmp_path, capsys):
+    from training import train
+    cfg = load_config('test', [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')]
+                      + ['data.eval.val_fraction=0.25', 'train.supervised_steps=2',
+                         'train.prior_frames=4', 'loss.ce_class_balance=0.5',
+                         'data.sim.relabel={van: car}'])
+    summary = train.run(cfg, tmp_path, method='sim_only')
+    line = next(x for x in capsys.readouterr().err.splitlines()
+                if 'loss.ce_class_balance=0.5: class weights' in x)
+    weights = [float(v) for v in line.split('class weights')[1].split()]
+    assert len(weights) == len(CLASS_NAMES)
+    assert weights[CLASS_NAMES.index('van')] == 0.0         # read as car: never a target
+    assert min(w for w in weights if w > 0) < 1.0 < max(weights)   # common below, rare above
+    assert load_depth_seg_net(summary['export_dir'])[0] is not None
 
 
 VARIANTS = {'skips_shared': {'skips': 'shared', 'shared_layers': 8},

@@ -172,15 +172,37 @@ def depth_loss(pred, depth, model_cfg, labels=None, sample_mask=None, sky_as_far
     return err.abs().mean() if norm == 'l1' else err.pow(2).mean()
 
 
-def seg_loss(logits, labels, sample_mask=None):
-    """Pixel-wise cross entropy, ignoring label 255 (eqs 18-19); zero if nothing is labelled."""
+def seg_loss(logits, labels, sample_mask=None, weight=None):
+    """Pixel-wise cross entropy, ignoring label 255 (eqs 18-19); zero if nothing is labelled.
+
+    ``weight`` (per class, beyond the paper: ``class_balance_weights``) weighs each pixel by
+    its target class; the mean is over the weights, as ``F.cross_entropy`` takes it.
+    """
     if sample_mask is not None:
         keep = sample_mask.to(labels.device).view(-1, 1, 1).bool()
         labels = torch.where(keep, labels, torch.full_like(labels, IGNORE_INDEX))
     logits = logits.float()
     if not bool((labels != IGNORE_INDEX).any()):
         return _zero_like(logits)
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX,
+                           weight=None if weight is None else weight.to(logits))
+
+
+def class_balance_weights(pixel_counts, power):
+    """Per-class cross-entropy weights ``share ** -power``, their pixel-weighted mean 1.
+
+    At power 0.5 (the square root of the inverse frequency) a class with 1 % of the pixels
+    weighs 10x one with 100 %: thin classes (cars, poles, guard rails) get gradient in a
+    short training without drowning the large ones. Classes without pixels weigh 0 (they
+    are never a target).
+    """
+    counts = torch.as_tensor(pixel_counts, dtype=torch.float64)
+    if float(power) < 0 or not bool((counts >= 0).all()) or float(counts.sum()) <= 0:
+        raise ValueError(f'class balance needs labelled pixels and power >= 0 (power {power})')
+    share = counts / counts.sum()
+    w = torch.where(share > 0, share.clamp_min(1e-12).pow(-float(power)),
+                    torch.zeros_like(share))
+    return (w / (share * w).sum()).float()
 
 
 def strong_view(x, strength=1.0):
@@ -319,7 +341,7 @@ REAL_INPUTS = ('translated', 'sim')
 
 def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
                  sky_as_far=True, real_input='translated', lean=False, pseudo=None,
-                 depth_norm='l2', sim_encoder=True, source_only=False):
+                 depth_norm='l2', sim_encoder=True, source_only=False, ce_weight=None):
     """Compute the stage-2 terms (eqs 11-20) for paired sim and unpaired real images.
 
     x'_R = G_R(z_S), z'_R = E_R(x'_R); x'_S = G_S(z_R), z'_S = E_S(x'_S). Depth and
@@ -339,7 +361,7 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     from a source-trained network; every other term is 0 and costs nothing.
     """
     if source_only:
-        return _source_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm)
+        return _source_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm, ce_weight)
     x_sim = sim_batch['image']
     depth, labels = sim_batch['depth'], sim_batch['labels']
     has_d, has_l = sim_batch.get('has_depth'), sim_batch.get('has_labels')
@@ -364,7 +386,7 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
         if sim_encoder else _zero_like(mu_r_fake),
         'depth_real': depth_loss(d_real, depth, model_cfg, labels, has_d, sky_as_far,
                                  depth_norm),
-        'ce_real': seg_loss(s_real, labels, has_l),
+        'ce_real': seg_loss(s_real, labels, has_l, ce_weight),
         's2_adv': _critic_term(net, model_cfg, (mu_r_fake, f_r_fake), (mu_r, f_r)),
     }
     if pseudo:
@@ -390,16 +412,17 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
             s2_mmd_r2s=mmd_two_sample(pick(mu_s_fake, z_s_fake), pick(mu_r, z_r), gamma_scale),
             depth_sim=depth_loss(d_show, depth, model_cfg, labels, has_d, sky_as_far,
                                  depth_norm),
-            ce_sim=seg_loss(s_show, labels, has_l))
+            ce_sim=seg_loss(s_show, labels, has_l, ce_weight))
     terms = {k: terms[k] for k in STAGE2_TERMS}   # the documented order
     images = {'sim': x_sim, 'sim_to_real': x_r_fake, 'depth_pred': d_show, 'seg_pred': s_show,
               'depth': depth, 'labels': labels}
     return terms, images
 
 
-def _source_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm):
+def _source_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm, ce_weight=None):
     """Stage-2 terms of a source-only step: E_R and the heads supervised on sim frames."""
-    sup, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm)
+    sup, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm,
+                                   ce_weight)
     zero = _zero_like(sup['ce'])
     terms = dict.fromkeys(STAGE2_TERMS, zero)
     terms.update(depth_real=sup['depth'], ce_real=sup['ce'])
@@ -421,7 +444,7 @@ def _critic_term(net, model_cfg, sim, real):
     return adversarial_loss(critic, sim[1][scale], real[1][scale])
 
 
-def supervised_terms(net, batch, model_cfg, sky_as_far=True, depth_norm='l2'):
+def supervised_terms(net, batch, model_cfg, sky_as_far=True, depth_norm='l2', ce_weight=None):
     """Baseline terms: real encoder + heads supervised directly on one labelled domain."""
     x = batch['image']
     _, z, feats = net.encode_skips(x, 'real')
@@ -429,7 +452,7 @@ def supervised_terms(net, batch, model_cfg, sky_as_far=True, depth_norm='l2'):
     terms = {
         'depth': depth_loss(d, batch['depth'], model_cfg, batch['labels'],
                             batch.get('has_depth'), sky_as_far, depth_norm),
-        'ce': seg_loss(s, batch['labels'], batch.get('has_labels')),
+        'ce': seg_loss(s, batch['labels'], batch.get('has_labels'), ce_weight),
     }
     images = {'image': x, 'depth_pred': d, 'seg_pred': s, 'depth': batch['depth'],
               'labels': batch['labels']}

@@ -51,8 +51,11 @@ class NonFiniteLoss(RuntimeError):
 class StageLoss(nn.Module):
     """One stage's forward pass returning its loss terms (what DDP wraps)."""
 
-    def __init__(self, net, stage, model_cfg, loss_cfg, real_input='translated', lean=False):
+    def __init__(self, net, stage, model_cfg, loss_cfg, real_input='translated', lean=False,
+                 ce_weight=None):
         super().__init__()
+        #: per-class cross-entropy weights (``loss.ce_class_balance``), or None
+        self.register_buffer('ce_weight', ce_weight, persistent=False)
         self.net, self.stage, self.model_cfg = net, stage, model_cfg
         self.gamma = float(loss_cfg['mmd_gamma_scale'])
         self.mmd_on = str(loss_cfg['mmd_on'])
@@ -78,9 +81,10 @@ class StageLoss(nn.Module):
             return losses.stage2_terms(self.net, first, second['image'], self.model_cfg,
                                        self.gamma, self.mmd_on, self.sky_as_far,
                                        self.real_input, self.lean, self.pseudo,
-                                       self.depth_norm, self.sim_encoder, self.source_only)
+                                       self.depth_norm, self.sim_encoder, self.source_only,
+                                       self.ce_weight)
         return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far,
-                                       self.depth_norm)
+                                       self.depth_norm, self.ce_weight)
 
 
 def needs_sim_encoder(loss_cfg, real_input, lean):
@@ -312,8 +316,9 @@ class Trainer:
             torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
         self.steps[stage] = total
         weights = stage_weights(stage, self.loss_cfg)
+        ce_weight = self.class_weights(stage, streams[0][0]) if stage != 'stage1' else None
         module = StageLoss(self.net, stage, self.model_cfg, self.loss_cfg,
-                           self.t['stage2_real_input'], self.t['stage2_lean'])
+                           self.t['stage2_real_input'], self.t['stage2_lean'], ce_weight)
         if self.world > 1:   # source-only steps leave E_S and the critic without gradients
             module = DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
@@ -342,6 +347,34 @@ class Trainer:
             ds.train = was_train
         self.net.prior.set_maps(torch.from_numpy(depth_t), torch.from_numpy(freq))
         self._log(f'[{stage}] model.prior fitted on {len(idx)} frames of {name}')
+
+    @torch.no_grad()
+    def class_weights(self, stage, name):
+        """Return ``loss.ce_class_balance``'s per-class weights, or None at power 0.
+
+        Counted on the frames ``fit_head_prior`` reads (at most ``train.prior_frames``,
+        unflipped), so a resumed run recomputes the same weights.
+        """
+        power = float(self.loss_cfg.get('ce_class_balance', 0.0))
+        if power == 0.0:
+            return None
+        ds = self.dataset(name)
+        limit = int(self.t['prior_frames'])
+        idx = np.arange(len(ds)) if limit <= 0 or limit >= len(ds) else \
+            np.linspace(0, len(ds) - 1, limit).round().astype(int)
+        counts = torch.zeros(self.model_cfg.num_classes, dtype=torch.float64)
+        was_train, ds.train = ds.train, False
+        try:
+            for i in idx:
+                labels = ds[int(i)]['labels']
+                labels = labels[labels < self.model_cfg.num_classes]
+                counts += torch.bincount(labels, minlength=len(counts)).double()
+        finally:
+            ds.train = was_train
+        weights = losses.class_balance_weights(counts, power)
+        self._log(f'[{stage}] loss.ce_class_balance={power:g}: class weights '
+                  + ' '.join(f'{w:.2f}' for w in weights.tolist()))
+        return weights.to(self.device)
 
     def _loop(self, stage, module, opt, loaders, weights, spe, start, total, extra):
         names = list(weights)

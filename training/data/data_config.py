@@ -5,6 +5,10 @@ meaning of every key is documented in ``config/defaults.yaml`` and in ``DEFAULTS
 """
 from pathlib import Path
 
+import numpy as np
+
+from sim2real_perception.labels import CLASS_NAMES
+
 from .frame_source import FrameSource
 from .image_files import DataError
 from .image_folder import IMAGE_SUFFIXES, ImageFolderReader
@@ -53,6 +57,9 @@ DEFAULTS = {
                                   # shadow randomisation strength (needs labels; 0 = off)
     'region_tint': 1.0,           # how far region_aug may move a region's hue (0: brightness
                                   # and the region's own colour only; 1: random colours)
+    'relabel': {},                # {class: class} the labels are read as, e.g. {van: car}:
+                                  # train in the target's taxonomy (KITTI/Cityscapes label
+                                  # vans as car); {} = the format's classes as they are
 }
 
 
@@ -71,7 +78,28 @@ def resolve(data_cfg):
         raise ValueError('frame_step must be >= 1 and max_frames >= 0')
     if not 0.0 <= float(cfg['val_fraction']) < 1.0:
         raise ValueError('val_fraction must be in [0, 1)')
+    relabel_table(cfg['relabel'])   # names checked at start-up, not at the first frame
     return cfg
+
+
+def relabel_table(relabel):
+    """Return the class-id lookup table of ``relabel`` ({from: to} names), or None if empty.
+
+    Entry 255 (ignore) maps to itself, so the table indexes any uint8 label map.
+    """
+    if not relabel:
+        return None
+    if not isinstance(relabel, dict):
+        raise ValueError(f'data relabel={relabel!r} must be a mapping of class names, '
+                         'e.g. {van: car}')
+    table = np.arange(256, dtype=np.uint8)
+    for src, dst in relabel.items():
+        for name in (src, dst):
+            if name not in CLASS_NAMES:
+                raise ValueError(f'data relabel: unknown class {name!r} (classes: '
+                                 f'{list(CLASS_NAMES)})')
+        table[CLASS_NAMES.index(src)] = CLASS_NAMES.index(dst)
+    return table
 
 
 def _procedural_root(root, sub):

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from sim2real_perception.labels import IGNORE_INDEX
 
-from .data_config import open_source, resolve, select_indices
+from .data_config import open_source, relabel_table, resolve, select_indices
 from .image_files import DataError
 from .transforms import appearance_aug, color_jitter, fit_frame, hflip, region_aug
 
@@ -25,7 +25,7 @@ class FrameDataset(Dataset):
 
     def __init__(self, source, indices, height, width, train=False, seed=0, resize='crop',
                  flip=True, jitter=0.0, skip_bad=False, appearance=0.0, region=0.0,
-                 region_tint=1.0):
+                 region_tint=1.0, relabel=None):
         self.source, self.indices = source, list(indices)
         self.height, self.width = int(height), int(width)
         self.train, self.seed, self.epoch = bool(train), int(seed), 0
@@ -33,6 +33,7 @@ class FrameDataset(Dataset):
         self.skip_bad = bool(skip_bad)
         self.appearance, self.region = float(appearance), float(region)
         self.region_tint = float(region_tint)
+        self.relabel = relabel_table(relabel)
         #: ``(name, reason)`` of frames that failed to decode and were replaced (skip_bad).
         self.load_failures = []
 
@@ -57,6 +58,8 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, index):
         frame = self._load(index)
+        if self.relabel is not None and frame.get('labels') is not None:
+            frame['labels'] = self.relabel[frame['labels']]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
         frame = fit_frame(frame, self.height, self.width, self.resize, rng)
         if rng is not None:
@@ -98,7 +101,8 @@ def build_dataset(data_cfg, split, height, width, train, seed, source=None):
               f'{source.skipped[0][0]} ({source.skipped[0][1]})', file=sys.stderr)
     return FrameDataset(source, select_indices(source, cfg, split), height, width, train, seed,
                         cfg['resize'], cfg['hflip'], cfg['color_jitter'], cfg['skip_bad'],
-                        cfg['appearance_aug'], cfg['region_aug'], cfg['region_tint'])
+                        cfg['appearance_aug'], cfg['region_aug'], cfg['region_tint'],
+                        cfg['relabel'])
 
 
 def iter_frames(data_cfg, max_frames=None, split='all'):
