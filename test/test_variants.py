@@ -124,15 +124,20 @@ def test_region_aug_tint_zero_keeps_each_region_hue():
     labels = np.zeros((h, w), np.uint8)
     labels[:, w // 2:] = 3
 
-    def hue_shift(tint):   # largest change of a region's channel proportions over 8 draws
-        worst = 0.0
+    def hue_shift(tint, keep_hue=()):
+        """Largest change of each region's channel proportions over 8 draws: (left, right)."""
+        worst = [0.0, 0.0]
         for k in range(8):
-            out = region_aug(img, labels, 1.0, np.random.default_rng(k), tint).astype(float)
-            for sl in (np.s_[:, :w // 2], np.s_[:, w // 2:]):
+            out = region_aug(img, labels, 1.0, np.random.default_rng(k), tint,
+                             keep_hue).astype(float)
+            for i, sl in enumerate((np.s_[:, :w // 2], np.s_[:, w // 2:])):
                 a, b = out[sl].reshape(-1, 3).sum(0), img[sl].reshape(-1, 3).sum(0) + 0.0
-                worst = max(worst, np.abs(a / a.sum() - b / b.sum()).max())
+                worst[i] = max(worst[i], np.abs(a / a.sum() - b / b.sum()).max())
         return worst
-    assert hue_shift(0.0) < 0.02 < hue_shift(1.0)
+    assert max(hue_shift(0.0)) < 0.02 < min(hue_shift(1.0))
+    # keep_hue: class 3 (the right half) keeps its hue at tint 1; class 0 still moves.
+    left, right = hue_shift(1.0, keep_hue={3})
+    assert right < 0.02 < left
 
 
 class _Frames:
@@ -158,6 +163,18 @@ def test_dataset_applies_region_aug_to_labelled_training_frames_only():
     assert (image(True, 1.0) - flat).abs().mean() > 0.01
 
 
+def test_dataset_passes_region_keep_hue_by_class_name():
+    def worst_hue_shift(keep):   # grey frame, class 2 everywhere: proportions stay 1/3 each
+        worst = 0.0
+        for index in range(2):
+            ds = FrameDataset(_Frames(True), [0, 1], 32, 64, train=True, seed=5, flip=False,
+                              region=1.0, region_keep_hue=keep)
+            rgb = (ds[index]['image'] + 1.0).sum((1, 2))
+            worst = max(worst, float((rgb / rgb.sum() - 1.0 / 3.0).abs().max()))
+        return worst
+    assert worst_hue_shift([CLASS_NAMES[2]]) < 0.01 < worst_hue_shift([])
+
+
 class _Vans:
     """A one-frame reader whose labels hold a van, a car, a road and ignored pixels."""
 
@@ -180,8 +197,14 @@ def test_relabel_reads_vans_as_cars_and_nothing_else_changes():
     assert (kitti == IGNORE_INDEX).sum() == 4 * 64
 
 
-def test_relabel_names_are_checked_at_start_up():
+def test_relabel_and_keep_hue_names_are_checked_at_start_up():
     base = {'format': 'procedural_sim', 'root': 'anywhere'}
+    assert resolve({**base, 'region_keep_hue': ['vegetation']})['region_keep_hue'] == \
+        ['vegetation']
+    with pytest.raises(ValueError, match='unknown classes'):
+        resolve({**base, 'region_keep_hue': ['trees']})
+    with pytest.raises(ValueError, match='list of class names'):
+        resolve({**base, 'region_keep_hue': 'vegetation'})
     assert resolve({**base, 'relabel': {'van': 'car'}})['relabel'] == {'van': 'car'}
     with pytest.raises(ValueError, match="unknown class 'lorry'"):
         resolve({**base, 'relabel': {'lorry': 'car'}})

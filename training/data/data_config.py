@@ -57,6 +57,8 @@ DEFAULTS = {
                                   # shadow randomisation strength (needs labels; 0 = off)
     'region_tint': 1.0,           # how far region_aug may move a region's hue (0: brightness
                                   # and the region's own colour only; 1: random colours)
+    'region_keep_hue': [],        # classes whose hue region_aug keeps whatever region_tint
+                                  # is (e.g. [vegetation]: green in any town)
     'relabel': {},                # {class: class} the labels are read as, e.g. {van: car}:
                                   # train in the target's taxonomy (KITTI/Cityscapes label
                                   # vans as car); {} = the format's classes as they are
@@ -79,7 +81,18 @@ def resolve(data_cfg):
     if not 0.0 <= float(cfg['val_fraction']) < 1.0:
         raise ValueError('val_fraction must be in [0, 1)')
     relabel_table(cfg['relabel'])   # names checked at start-up, not at the first frame
+    class_ids(cfg['region_keep_hue'], 'region_keep_hue')
     return cfg
+
+
+def class_ids(names, key):
+    """Return the class ids of a list of class names (a config key's value); bad names raise."""
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f'data {key}={names!r} must be a list of class names')
+    unknown = [n for n in names if n not in CLASS_NAMES]
+    if unknown:
+        raise ValueError(f'data {key}: unknown classes {unknown} (classes: {list(CLASS_NAMES)})')
+    return [CLASS_NAMES.index(n) for n in names]
 
 
 def relabel_table(relabel):

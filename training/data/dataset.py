@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from sim2real_perception.labels import IGNORE_INDEX
 
-from .data_config import open_source, relabel_table, resolve, select_indices
+from .data_config import class_ids, open_source, relabel_table, resolve, select_indices
 from .image_files import DataError
 from .transforms import appearance_aug, color_jitter, fit_frame, hflip, region_aug
 
@@ -25,7 +25,7 @@ class FrameDataset(Dataset):
 
     def __init__(self, source, indices, height, width, train=False, seed=0, resize='crop',
                  flip=True, jitter=0.0, skip_bad=False, appearance=0.0, region=0.0,
-                 region_tint=1.0, relabel=None):
+                 region_tint=1.0, relabel=None, region_keep_hue=()):
         self.source, self.indices = source, list(indices)
         self.height, self.width = int(height), int(width)
         self.train, self.seed, self.epoch = bool(train), int(seed), 0
@@ -34,6 +34,7 @@ class FrameDataset(Dataset):
         self.appearance, self.region = float(appearance), float(region)
         self.region_tint = float(region_tint)
         self.relabel = relabel_table(relabel)
+        self.keep_hue = frozenset(class_ids(region_keep_hue, 'region_keep_hue'))
         #: ``(name, reason)`` of frames that failed to decode and were replaced (skip_bad).
         self.load_failures = []
 
@@ -67,7 +68,7 @@ class FrameDataset(Dataset):
                 frame = hflip(frame)
             frame['image'] = color_jitter(frame['image'], self.jitter, rng)
             frame['image'] = region_aug(frame['image'], frame.get('labels'), self.region, rng,
-                                        self.region_tint)
+                                        self.region_tint, self.keep_hue)
             frame['image'] = appearance_aug(frame['image'], self.appearance, rng)
         return to_tensors(frame, self.height, self.width)
 
@@ -102,7 +103,7 @@ def build_dataset(data_cfg, split, height, width, train, seed, source=None):
     return FrameDataset(source, select_indices(source, cfg, split), height, width, train, seed,
                         cfg['resize'], cfg['hflip'], cfg['color_jitter'], cfg['skip_bad'],
                         cfg['appearance_aug'], cfg['region_aug'], cfg['region_tint'],
-                        cfg['relabel'])
+                        cfg['relabel'], cfg['region_keep_hue'])
 
 
 def iter_frames(data_cfg, max_frames=None, split='all'):

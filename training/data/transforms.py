@@ -149,7 +149,7 @@ def appearance_aug(image, strength, rng):
     return out
 
 
-def region_aug(image, labels, strength, rng, tint=1.0):
+def region_aug(image, labels, strength, rng, tint=1.0, keep_hue=()):
     """Randomise each labelled region's surface of a clean (sim) frame; ``strength`` scales all.
 
     Texture randomisation (Tobin et al. 2017; Yue et al. 2019), per class region, drawn per
@@ -161,7 +161,9 @@ def region_aug(image, labels, strength, rng, tint=1.0):
     labels are untouched; at 0 or without labels it returns ``image``. ``tint`` scales how far
     a region's hue may move (the colour gain's per-channel part and the blotch colour's pull
     away from the region's own colour); at 0 colour stays a cue: brightness gains and darker
-    or lighter blotches of the region's own colour only.
+    or lighter blotches of the region's own colour only. ``keep_hue`` (class ids) get tint 0
+    whatever ``tint`` is: classes whose colour is a real-world constant (vegetation is green
+    in any town), where a random hue would teach the network to ignore a true cue.
     """
     if strength <= 0 or labels is None:
         return image
@@ -177,16 +179,17 @@ def region_aug(image, labels, strength, rng, tint=1.0):
         if cls >= 255 or rng.random() < 0.3:   # IGNORE_INDEX, and ~30 % of regions stay flat
             continue
         m = labels == cls
+        t = 0.0 if int(cls) in keep_hue else tint
         gain = rng.normal(1.0, 0.12 * s, 3).astype(np.float32)
-        if tint != 1.0:
-            gain = np.float32(gain.mean() + tint * (gain - gain.mean()))
+        if t != 1.0:
+            gain = np.float32(gain.mean() + t * (gain - gain.mean()))
         grain = field(int(rng.integers(1, 9)), -1.0, 1.0)[m] * np.float32(rng.uniform(0, 0.3 * s))
         region = x[m] * gain * (1.0 + grain)[:, None]
         if rng.random() < 0.5:
             colour = rng.uniform(0.2, 0.6, 3).astype(np.float32)
-            if tint < 1.0:   # towards the region's own colour, darker or lighter
+            if t < 1.0:   # towards the region's own colour, darker or lighter
                 own = x[m].mean(0) * np.float32(rng.uniform(0.5, 1.3))
-                colour = np.float32(tint) * colour + np.float32(1.0 - tint) * own
+                colour = np.float32(t) * colour + np.float32(1.0 - t) * own
             blend = (np.float32(0.7 * s) * field(int(rng.integers(8, 33)))[m] ** 2)[:, None]
             region = region * (1.0 - blend) + colour * blend
         x[m] = region
