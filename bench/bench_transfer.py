@@ -113,6 +113,10 @@ ROWS = (
     ('sim_only_region_hue', 'sim_only', ['data.sim.region_aug=1.0', 'data.sim.region_tint=0.0'],
      'variant: sim_only_region keeping each region\'s hue (region_tint 0: brightness gains and '
      'blotches of the region\'s own colour), so colour stays a cue'),
+    ('sim_only_region_tint05', 'sim_only', ['data.sim.region_aug=1.0',
+                                            'data.sim.region_tint=0.5'],
+     "variant: sim_only_region with half the hue change (region_tint 0.5): between the full "
+     'tint (better sky, terrain and depth) and none (better vegetation and building)'),
     ('sim_only_region_strong', 'sim_only', ['data.sim.region_aug=1.5'],
      'ablation: sim_only_region at 1.5x the randomisation strength'),
     ('sim_only_region_half', 'sim_only', ['data.sim.region_aug=0.5'],

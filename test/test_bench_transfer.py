@@ -49,3 +49,21 @@ def test_validity_checks_the_floor_the_separation_and_the_gap():
     assert bt.validity(noisy)['oracle_beats_sim_only_by_3_std']['ok'] is False
     assert math.isclose(bt.validity(noisy)['oracle_beats_sim_only_by_3_std']['abs_rel'][
         'larger_seed_std'], 0.2)
+
+
+def test_cityscapes_miou_scores_a_predicted_van_as_car():
+    import numpy as np
+    from analyse_label_errors import cityscapes_miou
+    from sim2real_perception.labels import CLASS_NAMES
+    k = len(CLASS_NAMES)
+    road, car, van = (CLASS_NAMES.index(c) for c in ('road', 'car', 'van'))
+    conf = np.zeros((k, k + 1))   # ground truth rows, predicted columns (+ invalid)
+    conf[road, road] = 90
+    conf[road, van] = 10          # road taken for van: still wrong as car
+    conf[car, van] = 30           # cars taken for van: right in KITTI's taxonomy
+    conf[car, car] = 10
+    conf[car, k] = 5              # invalid predictions stay errors
+    # As predicted: road 90/100, car 10/45, van 0/40 -> mean of three.
+    # Van read as car: road 90/100, car 40/(45 + 50 - 40) = 40/55 -> mean of two.
+    assert cityscapes_miou(conf) == pytest.approx((0.9 + 40 / 55) / 2)
+    assert not math.isclose(cityscapes_miou(conf), (0.9 + 10 / 45 + 0.0) / 3)
