@@ -188,7 +188,7 @@ ROWS = (
 )
 #: Rows run by default; the others with --rows (their cost is a 3-seed run each).
 DEFAULT_ROWS = ('mean_prior', 'sim_only', 'oracle', 'twin_vae_paper', 'twin_vae',
-                'sim_only_aug', 'sim_only_region')
+                'sim_only_aug', 'sim_only_region', 'sim_only_region_kitti')
 BASELINES = ('mean_prior', 'sim_only', 'oracle')
 #: Virtual KITTI 2 clones KITTI's camera (height, pitch), so the sim camera here matches
 #: the real-style one: the gap left is appearance, the part adaptation can close.

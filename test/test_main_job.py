@@ -187,6 +187,8 @@ def test_baselines_get_their_own_step_budget(first):
     # A main-model recipe trains at the preset's full budget with its own overrides only.
     assert main_job.method_sets('sim_only_region', 300) == ['data.sim.region_aug=1.0']
     assert main_job.RECIPES['sim_only_region'][0] == 'sim_only'
+    assert main_job.method_sets('sim_only_region_kitti', 300) == [
+        'data.sim.region_aug=1.0', 'data.sim.relabel={van: car}']
     assert main_job.DEFAULT_MODEL in main_job.RECIPES
     workdir, _, _ = first
     meta = json.loads((workdir / 'runs' / 'sim_only' / 'export' / 'config.json').read_text())
