@@ -361,13 +361,19 @@ def _f(value, digits=4):
     return '-' if value is None or not math.isfinite(value) else f'{value:.{digits}f}'
 
 
+def name_width(offline):
+    """Width of the report's method column: the longest method name, at least 16."""
+    return max([16, *(len(n) + 2 for n in offline)])
+
+
 def verdict_lines(offline, main):
     """Say whether the main model beats the floor and sim_only, and how it follows the image."""
     if main not in offline:
         return []
     ours = offline[main]
     gt = ours['segmentation'].get('gt_label_change_share')
-    lines = [f'  {"ground truth":<16}{"":>57}{_f(gt, 3):>8}',
+    w = name_width(offline)
+    lines = [f'  {"ground truth":<{w}}{"":>57}{_f(gt, 3):>8}',
              '  LblChg: share of pixels whose label differs from that pixel\'s most frequent '
              'label over the frames']
     for other in ('mean_prior', 'sim_only'):
@@ -391,11 +397,12 @@ def format_report(r):
              f'eval = {r["data"]["eval_frames"]} held-out real-style frames; preset '
              f'{r["config"]}', '',
              'Offline evaluation (training.evaluate, ONNX Runtime), real-style eval split:',
-             f'  {"method":<16}{"AbsRel":>8}{"SqRel":>8}{"RMSE":>8}{"RMSElog":>9}'
-             f'{"d<1.25":>8}{"mIoU":>8}{"PixAcc":>8}{"LblChg":>8}']
+             f'  {"method":<{name_width(r["offline"])}}{"AbsRel":>8}{"SqRel":>8}{"RMSE":>8}'
+             f'{"RMSElog":>9}{"d<1.25":>8}{"mIoU":>8}{"PixAcc":>8}{"LblChg":>8}']
+    w = name_width(r['offline'])
     for name, m in r['offline'].items():
         d, s = m['depth'], m['segmentation']
-        lines.append(f'  {name:<16}{_f(d["abs_rel"], 3):>8}{_f(d["sq_rel"], 3):>8}'
+        lines.append(f'  {name:<{w}}{_f(d["abs_rel"], 3):>8}{_f(d["sq_rel"], 3):>8}'
                      f'{_f(d["rmse"], 3):>8}{_f(d["rmse_log"], 3):>9}{_f(d["a1"], 3):>8}'
                      f'{_f(s["miou"], 3):>8}{_f(s["pixel_acc"], 3):>8}'
                      f'{_f(s.get("label_change_share"), 3):>8}')
