@@ -374,16 +374,26 @@ def targets(methods, gaps, trained_as=None):
     trained_as = trained_as or {}
     adapted = [n for n in methods if n not in BASELINES
                and trained_as.get(n) not in ('oracle', 'mean_prior')]
-    best, best_score = None, -math.inf
-    for name in adapted:
-        g = gaps.get(name, {})
-        if g.get('abs_rel') is not None and g.get('miou') is not None:
-            score = min(g['abs_rel'], g['miou'])
-            if score > best_score:
-                best, best_score = name, score
+
+    def best_of(names):
+        best, best_score = None, -math.inf
+        for name in names:
+            g = gaps.get(name, {})
+            if g.get('abs_rel') is not None and g.get('miou') is not None:
+                score = min(g['abs_rel'], g['miou'])
+                if score > best_score:
+                    best, best_score = name, score
+        return best, best_score
+    best, best_score = best_of(adapted)
+    floor = {m: _m(methods, 'mean_prior', m) for m in ('abs_rel', 'miou')}
+    # What the main job ships: the best row whose mean also beats the floor on both metrics
+    # (a row that closes more of the gap but whose depth is worse than a constant is not).
+    above = [n for n in adapted if _m(methods, n, 'abs_rel') < floor['abs_rel']
+             and _m(methods, n, 'miou') > floor['miou']]
     out = {'oracle_miou_ge_0.40': _m(methods, 'oracle', 'miou') >= 0.40,
            'oracle_abs_rel_le_0.15': _m(methods, 'oracle', 'abs_rel') <= 0.15,
-           'best_adapted': best}
+           'best_adapted': best,
+           'best_adapted_beating_floor': best_of(above)[0]}
     if best is not None:
         spread = {m: _s(methods, best, m) for m in ('abs_rel', 'miou')}
         closed = {m: abs(_m(methods, best, m) - _m(methods, 'sim_only', m))
@@ -501,8 +511,9 @@ def main(argv=None):
     results.mkdir(parents=True, exist_ok=True)
     stem = 'bench_transfer_quick' if args.quick else 'bench_transfer'
     best = result['targets'].get('best_adapted')
-    shown = dict.fromkeys(n for n in ('sim_only', 'oracle', best, 'twin_vae')
-                          if n and n in result['rows'])   # and the shipped default
+    shipped = result['targets'].get('best_adapted_beating_floor')
+    shown = dict.fromkeys(n for n in ('sim_only', 'oracle', best, shipped, 'twin_vae')
+                          if n and n in result['rows'])   # and the twin-VAE default
     fig = curves(args.out, list(shown), results / f'{stem}_curves.png', args.seeds)
     result['curves_png'] = str(fig) if fig else None
     (results / f'{stem}.json').write_text(json.dumps(result, indent=1, default=str))

@@ -39,6 +39,17 @@ def test_best_adapted_row_never_is_an_oracle_or_floor_variant():
     assert bt.targets(methods, bt.gap_fractions(methods))['best_adapted'] == 'oracle_l1'
 
 
+def test_best_adapted_beating_the_floor_skips_rows_worse_than_a_constant():
+    rows = {**ROWS, 'good': (0.19, 0.33, 0.01, 0.01)}   # beats the floor (0.20, 0.24)
+    methods = _methods(rows)
+    out = bt.targets(methods, bt.gap_fractions(methods), {'oracle_l1': 'oracle'})
+    assert out['best_adapted'] == 'twin'                 # 56 %, but depth 0.23 > 0.20
+    assert out['best_adapted_beating_floor'] == 'good'   # min(92 %, 31 %)
+    none = _methods(ROWS)
+    assert bt.targets(none, bt.gap_fractions(none), {'oracle_l1': 'oracle'})[
+        'best_adapted_beating_floor'] is None
+
+
 def test_validity_checks_the_floor_the_separation_and_the_gap():
     methods = _methods(ROWS)
     checks = bt.validity(methods)
