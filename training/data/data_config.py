@@ -58,7 +58,7 @@ DEFAULTS = {
     'region_tint': 1.0,           # how far region_aug may move a region's hue (0: brightness
                                   # and the region's own colour only; 1: random colours)
     'region_keep_hue': [],        # classes whose hue region_aug keeps whatever region_tint
-                                  # is (e.g. [vegetation]: green in any town)
+                                  # is (e.g. [building]; [] = none)
     'relabel': {},                # {class: class} the labels are read as, e.g. {van: car}:
                                   # train in the target's taxonomy (KITTI/Cityscapes label
                                   # vans as car); {} = the format's classes as they are

@@ -162,8 +162,8 @@ def region_aug(image, labels, strength, rng, tint=1.0, keep_hue=()):
     a region's hue may move (the colour gain's per-channel part and the blotch colour's pull
     away from the region's own colour); at 0 colour stays a cue: brightness gains and darker
     or lighter blotches of the region's own colour only. ``keep_hue`` (class ids) get tint 0
-    whatever ``tint`` is: classes whose colour is a real-world constant (vegetation is green
-    in any town), where a random hue would teach the network to ignore a true cue.
+    whatever ``tint`` is, so their colour stays a cue (a green box is then never a building
+    when buildings keep their hue; docs/benchmarks.md measures what that costs depth).
     """
     if strength <= 0 or labels is None:
         return image
