@@ -336,41 +336,44 @@ class Trainer:
         Resumed stages load the fitted maps from their checkpoint instead.
         """
         from .mean_prior import fit_residual_prior
+        n, frames = self.prior_frames(name)
+        depth_t, freq = fit_residual_prior(frames, self.model_cfg)
+        self.net.prior.set_maps(torch.from_numpy(depth_t), torch.from_numpy(freq))
+        self._log(f'[{stage}] model.prior fitted on {n} frames of {name}')
+
+    def prior_frames(self, name):
+        """Return (count, iterator) of the frames the prior and the class weights are fitted on.
+
+        At most ``train.prior_frames`` frames of the dataset, evenly spaced, read one at a time
+        without random flips or jitter, so a resumed run gets the same ones.
+        """
         ds = self.dataset(name)
         limit = int(self.t['prior_frames'])
         idx = np.arange(len(ds)) if limit <= 0 or limit >= len(ds) else \
             np.linspace(0, len(ds) - 1, limit).round().astype(int)
-        was_train, ds.train = ds.train, False
-        try:
-            depth_t, freq = fit_residual_prior((ds[int(i)] for i in idx), self.model_cfg)
-        finally:
-            ds.train = was_train
-        self.net.prior.set_maps(torch.from_numpy(depth_t), torch.from_numpy(freq))
-        self._log(f'[{stage}] model.prior fitted on {len(idx)} frames of {name}')
+
+        def frames():
+            was_train, ds.train = ds.train, False
+            try:
+                for i in idx:
+                    yield ds[int(i)]
+            finally:
+                ds.train = was_train
+        return len(idx), frames()
 
     @torch.no_grad()
     def class_weights(self, stage, name):
         """Return ``loss.ce_class_balance``'s per-class weights, or None at power 0.
 
-        Counted on the frames ``fit_head_prior`` reads (at most ``train.prior_frames``,
-        unflipped), so a resumed run recomputes the same weights.
+        Counted on ``prior_frames``, so a resumed run recomputes the same weights.
         """
         power = float(self.loss_cfg.get('ce_class_balance', 0.0))
         if power == 0.0:
             return None
-        ds = self.dataset(name)
-        limit = int(self.t['prior_frames'])
-        idx = np.arange(len(ds)) if limit <= 0 or limit >= len(ds) else \
-            np.linspace(0, len(ds) - 1, limit).round().astype(int)
         counts = torch.zeros(self.model_cfg.num_classes, dtype=torch.float64)
-        was_train, ds.train = ds.train, False
-        try:
-            for i in idx:
-                labels = ds[int(i)]['labels']
-                labels = labels[labels < self.model_cfg.num_classes]
-                counts += torch.bincount(labels, minlength=len(counts)).double()
-        finally:
-            ds.train = was_train
+        for frame in self.prior_frames(name)[1]:
+            labels = frame['labels'][frame['labels'] < len(counts)]
+            counts += torch.bincount(labels, minlength=len(counts)).double()
         weights = losses.class_balance_weights(counts, power)
         self._log(f'[{stage}] loss.ce_class_balance={power:g}: class weights '
                   + ' '.join(f'{w:.2f}' for w in weights.tolist()))
