@@ -391,15 +391,15 @@ def format_report(r):
     """Return the final report as text."""
     cmp_ = r['offline_vs_replay']
     rep = r['replay']
+    w = name_width(r['offline'])
     lines = ['', '=' * 78, 'sim2real_perception main job: report', '=' * 78,
              f'data: procedural, {r["data"]["sim_frames"]} sim + {r["data"]["real_frames"]} '
              f'real-style frames at {r["data"]["size"][1]}x{r["data"]["size"][0]}; '
              f'eval = {r["data"]["eval_frames"]} held-out real-style frames; preset '
              f'{r["config"]}', '',
              'Offline evaluation (training.evaluate, ONNX Runtime), real-style eval split:',
-             f'  {"method":<{name_width(r["offline"])}}{"AbsRel":>8}{"SqRel":>8}{"RMSE":>8}'
-             f'{"RMSElog":>9}{"d<1.25":>8}{"mIoU":>8}{"PixAcc":>8}{"LblChg":>8}']
-    w = name_width(r['offline'])
+             f'  {"method":<{w}}{"AbsRel":>8}{"SqRel":>8}{"RMSE":>8}{"RMSElog":>9}'
+             f'{"d<1.25":>8}{"mIoU":>8}{"PixAcc":>8}{"LblChg":>8}']
     for name, m in r['offline'].items():
         d, s = m['depth'], m['segmentation']
         lines.append(f'  {name:<{w}}{_f(d["abs_rel"], 3):>8}{_f(d["sq_rel"], 3):>8}'
