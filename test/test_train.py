@@ -1,4 +1,6 @@
 """Baselines by the same trainer, the CLI surface and checkpoint files (in-process, tiny)."""
+import copy
+
 import pytest
 import torch
 
@@ -47,6 +49,19 @@ def test_stage_plan_rejects_bad_combinations():
     assert train.stage_plan('twin_vae', '2') == ['stage2']
     with pytest.raises(ValueError):
         train.stage_plan('sim_only', '1')
+
+
+@pytest.mark.parametrize('key, value', [('batch_size', 0), ('batch_size', -1),
+                                        ('num_workers', -1), ('stage2_steps', -3),
+                                        ('lr', 0.0)])
+def test_unusable_train_values_stop_start_up_naming_the_key(tiny_cfg, tmp_path, key, value):
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg['train'][key] = value
+    with pytest.raises(ValueError, match=f'train.{key}='):
+        train.Trainer(cfg, tmp_path / 'run', 'sim_only')
+    assert not (tmp_path / 'run').exists()
+    assert train.main(['--config', 'test', '--run-dir', str(tmp_path / 'cli'),
+                       '--set', f'train.{key}={value}']) == 2
 
 
 def test_stage2_alone_needs_stage1(tiny_cfg, tmp_path):

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from sim2real_perception.config import load_config
 from training.checkpoint import _state_tensors
-from training.train import Trainer
+from training.train import Trainer, exit_process
 from training.train_data import rank_batch
 
 data, run_dir = sys.argv[1], sys.argv[2]
@@ -35,6 +35,7 @@ dist.all_gather_object(shards, [i for _, i in rank_batch(8, 2, 2, rank, 0, 1, 1)
 if rank == 0:
     json.dump({'shards': shards, 'summary': summary}, open(f'{run_dir}/ddp.json', 'w'))
 trainer.close()
+exit_process(0)
 '''
 
 
@@ -58,7 +59,9 @@ def test_torchrun_two_gloo_processes(tmp_path):
     script.write_text(SCRIPT)
     run_dir = tmp_path / 'run'
     torchrun = Path(sys.executable).with_name('torchrun')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
+    # faulthandler: a worker that aborts prints where (Python stacks of every thread).
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO),
+           'PYTHONFAULTHANDLER': '1'}
     proc = subprocess.run([str(torchrun), '--standalone', '--nproc_per_node=2', str(script),
                            str(data), str(run_dir)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
@@ -74,3 +77,29 @@ def test_torchrun_two_gloo_processes(tmp_path):
     assert [int(r.split(',')[0]) for r in rows] == [1, 2, 3]
     from sim2real_perception.model_io import load_depth_seg_net
     load_depth_seg_net(run_dir / 'export')
+
+
+def test_torchrun_cli_exits_with_the_run_status_and_prints_one_summary(tmp_path):
+    from training.data.make_procedural import generate
+    data = tmp_path / 'data'
+    generate(data, sim_frames=8, real_frames=8, height=128, width=128, seed=5,
+             frames_per_sequence=4, workers=1)
+    torchrun = Path(sys.executable).with_name('torchrun')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO),
+           'PYTHONFAULTHANDLER': '1'}
+    common = [str(torchrun), '--standalone', '--nproc_per_node=2', '-m', 'training.train',
+              '--config', 'test', '--method', 'sim_only', '--no-progress']
+    sets = ['--set', f'data.sim.root={data}', f'data.real.root={data}',
+            f'data.eval.root={data}', 'data.eval.val_fraction=0.25', 'train.stage2_steps=2',
+            'train.bn_recalibration_batches=0']
+    proc = subprocess.run(common + ['--run-dir', str(tmp_path / 'run')] + sets, cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+    assert len(summaries) == 1 and summaries[0]['method'] == 'sim_only'
+    assert (tmp_path / 'run' / 'export' / 'model.safetensors').is_file()
+    # A bad config is still exit code 2 from every worker, not a finalisation crash.
+    bad = subprocess.run(common + ['--run-dir', str(tmp_path / 'bad')] + sets
+                         + ['train.batch_size=-1'], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode != 0 and 'error:' in bad.stderr

@@ -166,6 +166,17 @@ def lr_at(train_cfg, step, total):
     raise ValueError(f'train.lr_schedule={schedule!r}: constant | cosine')
 
 
+def check_train_config(t):
+    """Refuse ``train`` values no run can use, naming the key, before any work starts."""
+    minimum = {'batch_size': 1, 'num_workers': 0, 'stage1_steps': 0, 'stage2_steps': 0,
+               'supervised_steps': 0}
+    for key, low in minimum.items():
+        if key in t and int(t[key]) < low:
+            raise ValueError(f'train.{key}={t[key]!r}: must be >= {low}')
+    if not float(t['lr']) > 0:
+        raise ValueError(f'train.lr={t["lr"]!r}: must be > 0')
+
+
 def _seed_key(*parts):
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -184,6 +195,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / 'checkpoints'
         self.seed = int(self.t['seed'])
+        check_train_config(self.t)
         self._init_distributed()
         if self.t['deterministic']:
             os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
@@ -749,5 +761,20 @@ def main(argv=None):
     return 0
 
 
+def exit_process(code):
+    """Return ``code``; under torchrun, end the worker here with it instead.
+
+    A torchrun worker whose run succeeded has left its gloo group (``Trainer.close``), yet
+    its interpreter finalisation still occasionally aborted (``terminate called without an
+    active exception``, once in CI), turning a finished training into a failed torchrun. So
+    a worker flushes its output and exits without finalisation: nothing is left to write.
+    """
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(exit_process(main()))
