@@ -111,6 +111,24 @@ ROWS = (
      ['data.sim.region_aug=1.0', KITTI_CLASSES, 'loss.ce_class_balance=0.5'],
      'variant: sim_only_region_kitti with class-balanced cross entropy (loss.ce_class_balance '
      '0.5: each pixel weighs share ** -0.5 of its class), so thin classes learn in 850 steps'),
+    ('self_train_region_kitti', 'twin_vae',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.stage2_steps=850',
+      'train.stage2_source_steps=600', 'loss.s2_kl_real=0.0', 'loss.s2_kl_sim=0.0',
+      'loss.s2_adv=0.0', 'loss.pseudo_teacher_ema=0.99'],
+     'variant: sim_only_region_kitti (600 sim steps), then 250 steps adding self-training on '
+     'the real frames (labels and depth of an EMA teacher, decay 0.99, on a re-rendered view): '
+     'adaptation from a source-trained network, with no latent or critic term'),
+    ('sim_only_region_kitti_mix', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.style_mix=0.5'],
+     'variant: sim_only_region_kitti whose sim frames get, half of the time, the first two '
+     "encoder layers' channel statistics of a random real frame (train.style_mix: MixStyle "
+     'with an unlabelled real partner), so the heads learn sim labels under real texture '
+     'statistics'),
+    ('sim_only_region_kitti_bld_mix', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
+      'train.style_mix=0.5'],
+     "variant: sim_only_region_kitti_bld (the best labels) with sim_only_region_kitti_mix's "
+     'style mixing (whose depth was steadier on two seeds of three)'),
     ('sim_only_region_hue', 'sim_only', ['data.sim.region_aug=1.0', 'data.sim.region_tint=0.0'],
      'variant: sim_only_region keeping each region\'s hue (region_tint 0: brightness gains and '
      'blotches of the region\'s own colour), so colour stays a cue'),

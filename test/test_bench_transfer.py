@@ -78,3 +78,27 @@ def test_cityscapes_miou_scores_a_predicted_van_as_car():
     # Van read as car: road 90/100, car 40/(45 + 50 - 40) = 40/55 -> mean of two.
     assert cityscapes_miou(conf) == pytest.approx((0.9 + 40 / 55) / 2)
     assert not math.isclose(cityscapes_miou(conf), (0.9 + 10 / 45 + 0.0) / 3)
+
+
+def test_flip_averaged_network_commutes_with_mirroring_the_frame():
+    """F(mirror x) = mirror F(x) holds for the flip average, not for the plain network."""
+    import numpy as np
+    import torch
+    from analyse_flip_average import FlipAveraged
+    from sim2real_perception.config import load_config
+    from sim2real_perception.model import DepthSegNet, ModelConfig
+    torch.manual_seed(0)
+    net = DepthSegNet(ModelConfig.from_dict(load_config('test')['model'])).eval()
+    cfg = net.cfg
+    rng = np.random.default_rng(0)
+    frame = torch.from_numpy(rng.integers(0, 256, (1, cfg.height, cfg.width, 3), np.uint8))
+    mirror = frame.flip(2)
+    with torch.no_grad():
+        plain = [net(x)[0] for x in (frame, mirror)]
+        avg_net = FlipAveraged(net)
+        avg = [avg_net(x) for x in (frame, mirror)]
+    rel = ((avg[1][0] - avg[0][0].flip(-1)).abs() / avg[0][0]).max().item()
+    assert rel < 1e-4
+    assert (avg[1][1] == avg[0][1].flip(-1)).float().mean().item() > 0.99
+    plain_rel = ((plain[1] - plain[0].flip(-1)).abs() / plain[0]).max().item()
+    assert plain_rel > 100 * max(rel, 1e-6)

@@ -52,8 +52,10 @@ class StageLoss(nn.Module):
     """One stage's forward pass returning its loss terms (what DDP wraps)."""
 
     def __init__(self, net, stage, model_cfg, loss_cfg, real_input='translated', lean=False,
-                 ce_weight=None):
+                 ce_weight=None, style_mixer=None):
         super().__init__()
+        #: ``training.style_mix.StyleMixer`` of a sim_only run with ``train.style_mix``, or None
+        self.style_mixer = style_mixer
         #: per-class cross-entropy weights (``loss.ce_class_balance``), or None
         self.register_buffer('ce_weight', ce_weight, persistent=False)
         self.net, self.stage, self.model_cfg = net, stage, model_cfg
@@ -83,8 +85,15 @@ class StageLoss(nn.Module):
                                        self.real_input, self.lean, self.pseudo,
                                        self.depth_norm, self.sim_encoder, self.source_only,
                                        self.ce_weight)
-        return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far,
-                                       self.depth_norm, self.ce_weight)
+        if self.style_mixer is None:
+            return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far,
+                                           self.depth_norm, self.ce_weight)
+        self.style_mixer.prepare(second['image'], first['image'].shape[0])
+        try:
+            return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far,
+                                           self.depth_norm, self.ce_weight)
+        finally:
+            self.style_mixer.clear()
 
 
 def needs_sim_encoder(loss_cfg, real_input, lean):
@@ -175,6 +184,8 @@ def check_train_config(t):
             raise ValueError(f'train.{key}={t[key]!r}: must be >= {low}')
     if not float(t['lr']) > 0:
         raise ValueError(f'train.lr={t["lr"]!r}: must be > 0')
+    if not 0.0 <= float(t.get('style_mix', 0.0)) <= 1.0:
+        raise ValueError(f'train.style_mix={t["style_mix"]!r}: a probability in [0, 1]')
 
 
 def _seed_key(*parts):
@@ -196,6 +207,9 @@ class Trainer:
         self.ckpt_dir = self.run_dir / 'checkpoints'
         self.seed = int(self.t['seed'])
         check_train_config(self.t)
+        if float(self.t.get('style_mix', 0.0)) > 0 and method != 'sim_only':
+            raise ValueError(f'train.style_mix is for --method sim_only (got {method}): it '
+                             'mixes real frame statistics into the sim frames of that baseline')
         self._init_distributed()
         if self.t['deterministic']:
             os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
@@ -251,7 +265,13 @@ class Trainer:
             return [('real', STREAM_REAL), ('sim', STREAM_SIM)]
         if stage == 'stage2':
             return [('sim', STREAM_SIM), ('real', STREAM_REAL)]
-        return [('sim', STREAM_SIM) if self.method == 'sim_only' else ('eval_train', STREAM_EVAL)]
+        if self.method == 'sim_only':   # real frames only lend their feature statistics
+            return [('sim', STREAM_SIM)] + ([('real', STREAM_REAL)] if self._style_mix() else [])
+        return [('eval_train', STREAM_EVAL)]
+
+    def _style_mix(self):
+        """Return ``train.style_mix``: the share of sim frames given real feature statistics."""
+        return float(self.t.get('style_mix', 0.0))
 
     def _schedule(self, stage, sizes):
         batch = int(self.t['batch_size'])
@@ -288,7 +308,9 @@ class Trainer:
                                weight_decay=float(self.t['weight_decay']))
         streams = self._streams(stage)
         datasets = [self.dataset(name) for name, _ in streams]
-        spe, total = self._schedule(stage, [len(d) for d in datasets])
+        sizes = [len(d) for d in datasets]
+        # A baseline's epochs are those of its labelled frames (style mixing adds real ones).
+        spe, total = self._schedule(stage, sizes[:1] if stage == 'supervised' else sizes)
         start, extra = 0, {'epoch_loss': [0.0, 0], 'best_loss': None}
         record = read_record(self.ckpt_dir, tag) if self.resume else None
         if record is not None and stage == 'stage2':
@@ -329,8 +351,13 @@ class Trainer:
         self.steps[stage] = total
         weights = stage_weights(stage, self.loss_cfg)
         ce_weight = self.class_weights(stage, streams[0][0]) if stage != 'stage1' else None
+        mixer = None
+        if stage == 'supervised' and self._style_mix() > 0:
+            from .style_mix import StyleMixer
+            mixer = StyleMixer(self.net.enc_real, self.t['style_mix_layers'], self._style_mix(),
+                               float(self.t['style_mix_alpha']))
         module = StageLoss(self.net, stage, self.model_cfg, self.loss_cfg,
-                           self.t['stage2_real_input'], self.t['stage2_lean'], ce_weight)
+                           self.t['stage2_real_input'], self.t['stage2_lean'], ce_weight, mixer)
         if self.world > 1:   # source-only steps leave E_S and the critic without gradients
             module = DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
@@ -338,7 +365,11 @@ class Trainer:
         loaders = [step_loader(ds, int(self.t['batch_size']), self.world, self.rank,
                                self.seed, sid, start, total, int(self.t['num_workers']))
                    for ds, (_, sid) in zip(datasets, streams)]
-        return self._loop(stage, module, opt, loaders, weights, spe, start, total, extra)
+        try:
+            return self._loop(stage, module, opt, loaders, weights, spe, start, total, extra)
+        finally:
+            if mixer is not None:
+                mixer.remove()
 
     @torch.no_grad()
     def fit_head_prior(self, stage, name):
