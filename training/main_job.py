@@ -7,7 +7,8 @@ Steps, each a separate tool run with its output streamed and logged under WORKDI
 
 1. generate procedural sim (Virtual KITTI 2 tree) and real-style (KITTI tree) data
 2. train the main model, the recipe ``--model`` names (``RECIPES``; default: the
-   benchmark's best adapted row that beats the floor, see docs/benchmarks.md)
+   benchmark's best adapted row that beats the floor when chosen; a later row replaces it
+   only with a lead larger than the seed spread, see docs/benchmarks.md)
 3. train the sim-only baseline (``--method sim_only``) and fit the ``mean_prior`` floor;
    ``--with-oracle`` adds the oracle
 4. export every model to ONNX (``sim2real_perception.onnx_export``, with a parity check)
