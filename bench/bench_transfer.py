@@ -124,6 +124,10 @@ ROWS = (
      "encoder layers' channel statistics of a random real frame (train.style_mix: MixStyle "
      'with an unlabelled real partner), so the heads learn sim labels under real texture '
      'statistics'),
+    ('sim_only_region_kitti_mix_strong', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.style_mix=1.0',
+      'train.style_mix_layers=[0, 1, 2]'],
+     'ablation: sim_only_region_kitti_mix with every sim frame mixed, at three layers'),
     ('sim_only_region_kitti_bld_mix', 'sim_only',
      ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
       'train.style_mix=0.5'],

@@ -105,6 +105,10 @@ def test_trains_through_training_train(tmp_path, data_root):
 
 
 def test_variant_rows_and_train_command(tmp_path):
+    assert parse_variant('mix=sim_only,train.style_mix_layers=[0, 1, 2],data.sim.relabel={van: '
+                         'car, truck: car},train.style_mix=1.0') == (
+        'mix', 'sim_only', ['train.style_mix_layers=[0, 1, 2]',
+                            'data.sim.relabel={van: car, truck: car}', 'train.style_mix=1.0'])
     name, method, extra = parse_variant('frozen=twin_vae,train.stage2_freeze_encoders=true')
     assert (name, method, extra) == ('frozen', 'twin_vae', ['train.stage2_freeze_encoders=true'])
     for bad in ('frozen', 'x=nomethod', 'x=twin_vae,novalue'):

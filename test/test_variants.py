@@ -206,7 +206,7 @@ def test_relabel_and_keep_hue_names_are_checked_at_start_up():
     with pytest.raises(ValueError, match='list of class names'):
         resolve({**base, 'region_keep_hue': 'vegetation'})
     assert resolve({**base, 'relabel': {'van': 'car'}})['relabel'] == {'van': 'car'}
-    with pytest.raises(ValueError, match="unknown class 'lorry'"):
+    with pytest.raises(ValueError, match="relabel: unknown classes \\['lorry'\\]"):
         resolve({**base, 'relabel': {'lorry': 'car'}})
     with pytest.raises(ValueError, match='mapping of class names'):
         resolve({**base, 'relabel': ['van', 'car']})

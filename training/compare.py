@@ -49,10 +49,28 @@ class CompareError(RuntimeError):
     """A problem the user must fix (a failed or mismatched training run)."""
 
 
+def _split_top_level(text, sep=','):
+    """Split ``text`` at ``sep`` outside YAML brackets, so ``k=[0, 1]`` stays one override."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in '[{':
+            depth += 1
+        elif ch in ']}':
+            depth = max(0, depth - 1)
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
 def parse_variant(text):
-    """Split ``NAME=METHOD[,key=value...]`` into (name, method, [overrides])."""
+    """Split ``NAME=METHOD[,key=value...]`` into (name, method, [overrides]).
+
+    A value may be a YAML list or mapping with commas of its own (``k=[0, 1]``, ``k={a: b}``).
+    """
     name, sep, rest = text.partition('=')
-    parts = [p.strip() for p in rest.split(',') if p.strip()]
+    parts = [p.strip() for p in _split_top_level(rest) if p.strip()]
     if not sep or not name or not parts or parts[0] not in TRAIN_METHODS:
         raise ValueError(f'--variant {text!r}: expected NAME=METHOD[,key=value...] with '
                          f'METHOD in {TRAIN_METHODS}')
@@ -299,7 +317,8 @@ def build_parser():
                         'mean_prior is the per-pixel floor, fitted, not trained)')
     p.add_argument('--variant', action='append', default=[], metavar='NAME=METHOD[,K=V...]',
                    help='extra row trained as METHOD with config overrides, repeatable, e.g. '
-                        'frozen=twin_vae,train.stage2_freeze_encoders=true')
+                        'frozen=twin_vae,train.stage2_freeze_encoders=true; commas inside '
+                        'brackets stay in the value: mix=sim_only,train.style_mix_layers=[0, 1]')
     p.add_argument('--out', required=True, metavar='DIR', help='output folder')
     p.add_argument('--data-root', default=None, metavar='DIR',
                    help='shorthand for --set data.sim.root=DIR data.real.root=DIR '

@@ -107,11 +107,8 @@ def relabel_table(relabel):
                          'e.g. {van: car}')
     table = np.arange(256, dtype=np.uint8)
     for src, dst in relabel.items():
-        for name in (src, dst):
-            if name not in CLASS_NAMES:
-                raise ValueError(f'data relabel: unknown class {name!r} (classes: '
-                                 f'{list(CLASS_NAMES)})')
-        table[CLASS_NAMES.index(src)] = CLASS_NAMES.index(dst)
+        src_id, dst_id = class_ids([src, dst], 'relabel')
+        table[src_id] = dst_id
     return table
 
 
