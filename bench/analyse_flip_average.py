@@ -36,15 +36,11 @@ class FlipAveraged(nn.Module):
         self.net = net
 
     def forward(self, image_u8):
-        from sim2real_perception.model.depth_coding import decode_depth
-        x = image_u8.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0
+        x = self.net.normalise(image_u8)
         n = x.shape[0]
         depth_t, logits = self.net.heads(torch.cat([x, x.flip(-1)]))
-        depth_t = 0.5 * (depth_t[:n] + depth_t[n:].flip(-1))
-        logits = 0.5 * (logits[:n] + logits[n:].flip(-1))
-        cfg = self.net.cfg
-        depth = decode_depth(depth_t[:, 0], cfg.depth_encoding, cfg.min_depth, cfg.max_depth)
-        return depth, logits.argmax(dim=1).to(torch.uint8)
+        return self.net.outputs(0.5 * (depth_t[:n] + depth_t[n:].flip(-1)),
+                                0.5 * (logits[:n] + logits[n:].flip(-1)))
 
 
 def build_parser():

@@ -11,6 +11,9 @@ from safetensors.torch import load_file
 from training.train_data import global_batch, rank_batch
 
 REPO = Path(__file__).resolve().parent.parent
+#: For the torchrun children; faulthandler: a worker that aborts prints where (Python stacks
+#: of every thread).
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), 'PYTHONFAULTHANDLER': '1'}
 
 SCRIPT = '''
 import json, sys
@@ -59,11 +62,8 @@ def test_torchrun_two_gloo_processes(tmp_path):
     script.write_text(SCRIPT)
     run_dir = tmp_path / 'run'
     torchrun = Path(sys.executable).with_name('torchrun')
-    # faulthandler: a worker that aborts prints where (Python stacks of every thread).
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO),
-           'PYTHONFAULTHANDLER': '1'}
     proc = subprocess.run([str(torchrun), '--standalone', '--nproc_per_node=2', str(script),
-                           str(data), str(run_dir)], cwd=REPO, env=env, capture_output=True,
+                           str(data), str(run_dir)], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     w0, w1 = (load_file(str(run_dir / f'rank{r}.safetensors')) for r in range(2))
@@ -85,21 +85,19 @@ def test_torchrun_cli_exits_with_the_run_status_and_prints_one_summary(tmp_path)
     generate(data, sim_frames=8, real_frames=8, height=128, width=128, seed=5,
              frames_per_sequence=4, workers=1)
     torchrun = Path(sys.executable).with_name('torchrun')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO),
-           'PYTHONFAULTHANDLER': '1'}
     common = [str(torchrun), '--standalone', '--nproc_per_node=2', '-m', 'training.train',
               '--config', 'test', '--method', 'sim_only', '--no-progress']
     sets = ['--set', f'data.sim.root={data}', f'data.real.root={data}',
-            f'data.eval.root={data}', 'data.eval.val_fraction=0.25', 'train.stage2_steps=2',
+            f'data.eval.root={data}', 'data.eval.val_fraction=0.25', 'train.supervised_steps=2',
             'train.bn_recalibration_batches=0']
     proc = subprocess.run(common + ['--run-dir', str(tmp_path / 'run')] + sets, cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
     assert len(summaries) == 1 and summaries[0]['method'] == 'sim_only'
     assert (tmp_path / 'run' / 'export' / 'model.safetensors').is_file()
     # A bad config is still exit code 2 from every worker, not a finalisation crash.
     bad = subprocess.run(common + ['--run-dir', str(tmp_path / 'bad')] + sets
-                         + ['train.batch_size=-1'], cwd=REPO, env=env, capture_output=True,
+                         + ['train.batch_size=-1'], cwd=REPO, env=ENV, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0 and 'error:' in bad.stderr

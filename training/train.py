@@ -85,15 +85,14 @@ class StageLoss(nn.Module):
                                        self.real_input, self.lean, self.pseudo,
                                        self.depth_norm, self.sim_encoder, self.source_only,
                                        self.ce_weight)
-        if self.style_mixer is None:
-            return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far,
-                                           self.depth_norm, self.ce_weight)
-        self.style_mixer.prepare(second['image'], first['image'].shape[0])
+        if self.style_mixer is not None:
+            self.style_mixer.prepare(second['image'], first['image'].shape[0])
         try:
             return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far,
                                            self.depth_norm, self.ce_weight)
         finally:
-            self.style_mixer.clear()
+            if self.style_mixer is not None:
+                self.style_mixer.clear()
 
 
 def needs_sim_encoder(loss_cfg, real_input, lean):
@@ -207,7 +206,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / 'checkpoints'
         self.seed = int(self.t['seed'])
         check_train_config(self.t)
-        if float(self.t.get('style_mix', 0.0)) > 0 and method != 'sim_only':
+        if self._style_mix() > 0 and method != 'sim_only':
             raise ValueError(f'train.style_mix is for --method sim_only (got {method}): it '
                              'mixes real frame statistics into the sim frames of that baseline')
         self._init_distributed()

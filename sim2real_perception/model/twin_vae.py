@@ -284,12 +284,18 @@ class DepthSegNet(nn.Module):
         return cls(twin.cfg, twin)
 
     def forward(self, image_u8):
-        x = image_u8.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0
-        depth_t, logits = self.heads(x)
+        return self.outputs(*self.heads(self.normalise(image_u8)))
+
+    @staticmethod
+    def normalise(image_u8):
+        """uint8 NHWC RGB -> float NCHW in [-1, 1], what the encoder reads."""
+        return image_u8.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0
+
+    def outputs(self, depth_t, logits):
+        """Heads' outputs -> (depth in metres, class ids as uint8): the deployed outputs."""
         cfg = self.cfg
         depth = decode_depth(depth_t[:, 0], cfg.depth_encoding, cfg.min_depth, cfg.max_depth)
-        labels = logits.argmax(dim=1).to(torch.uint8)
-        return depth, labels
+        return depth, logits.argmax(dim=1).to(torch.uint8)
 
     def heads(self, x):
         """Return the depth decoder's tanh output and the class logits for images in [-1, 1]."""
