@@ -133,6 +133,11 @@ ROWS = (
       'train.style_mix=0.5'],
      "variant: sim_only_region_kitti_bld (the best labels) with sim_only_region_kitti_mix's "
      'style mixing (whose depth was steadier on two seeds of three)'),
+    ('sim_only_region_kitti_shadow', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.shadow_aug=1.0'],
+     "variant: sim_only_region_kitti with the sun's cast shadows of the frame's own objects on "
+     'the road and grass, traced through the sim depth for a random sun (data.sim.shadow_aug): '
+     'real shadows start at their object and have its shape, random blobs do not'),
     ('sim_only_region_hue', 'sim_only', ['data.sim.region_aug=1.0', 'data.sim.region_tint=0.0'],
      'variant: sim_only_region keeping each region\'s hue (region_tint 0: brightness gains and '
      'blotches of the region\'s own colour), so colour stays a cue'),

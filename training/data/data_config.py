@@ -59,6 +59,9 @@ DEFAULTS = {
                                   # and the region's own colour only; 1: random colours)
     'region_keep_hue': [],        # classes whose hue region_aug keeps whatever region_tint
                                   # is (e.g. [building]; [] = none)
+    'shadow_aug': 0.0,            # training: sun shadows of the frame's objects cast on the
+                                  # road and grass, traced through its depth (needs depth and
+                                  # labels; the chance per frame and darkness; 0 = off)
     'relabel': {},                # {class: class} the labels are read as, e.g. {van: car}:
                                   # train in the target's taxonomy (KITTI/Cityscapes label
                                   # vans as car); {} = the format's classes as they are
@@ -78,6 +81,8 @@ def resolve(data_cfg):
         raise ValueError(f'data.root is empty (format {cfg["format"]})')
     if int(cfg['frame_step']) < 1 or int(cfg['max_frames']) < 0:
         raise ValueError('frame_step must be >= 1 and max_frames >= 0')
+    if float(cfg['shadow_aug']) < 0:
+        raise ValueError(f'data shadow_aug={cfg["shadow_aug"]} must be >= 0')
     if not 0.0 <= float(cfg['val_fraction']) < 1.0:
         raise ValueError('val_fraction must be in [0, 1)')
     relabel_table(cfg['relabel'])   # names checked at start-up, not at the first frame

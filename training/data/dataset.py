@@ -17,6 +17,7 @@ from sim2real_perception.labels import IGNORE_INDEX
 
 from .data_config import class_ids, open_source, relabel_table, resolve, select_indices
 from .image_files import DataError
+from .shadows import cast_shadow_aug
 from .transforms import appearance_aug, color_jitter, fit_frame, hflip, region_aug
 
 
@@ -25,7 +26,7 @@ class FrameDataset(Dataset):
 
     def __init__(self, source, indices, height, width, train=False, seed=0, resize='crop',
                  flip=True, jitter=0.0, skip_bad=False, appearance=0.0, region=0.0,
-                 region_tint=1.0, relabel=None, region_keep_hue=()):
+                 region_tint=1.0, relabel=None, region_keep_hue=(), shadow=0.0):
         self.source, self.indices = source, list(indices)
         self.height, self.width = int(height), int(width)
         self.train, self.seed, self.epoch = bool(train), int(seed), 0
@@ -33,6 +34,7 @@ class FrameDataset(Dataset):
         self.skip_bad = bool(skip_bad)
         self.appearance, self.region = float(appearance), float(region)
         self.region_tint = float(region_tint)
+        self.shadow = float(shadow)
         self.relabel = relabel_table(relabel)
         self.keep_hue = frozenset(class_ids(region_keep_hue, 'region_keep_hue'))
         #: ``(name, reason)`` of frames that failed to decode and were replaced (skip_bad).
@@ -66,6 +68,9 @@ class FrameDataset(Dataset):
         if rng is not None:
             if self.flip and rng.random() < 0.5:
                 frame = hflip(frame)
+            frame['image'] = cast_shadow_aug(frame['image'], frame.get('depth'),
+                                             frame.get('labels'), frame.get('intrinsics'),
+                                             self.shadow, rng)
             frame['image'] = color_jitter(frame['image'], self.jitter, rng)
             frame['image'] = region_aug(frame['image'], frame.get('labels'), self.region, rng,
                                         self.region_tint, self.keep_hue)
@@ -103,7 +108,7 @@ def build_dataset(data_cfg, split, height, width, train, seed, source=None):
     return FrameDataset(source, select_indices(source, cfg, split), height, width, train, seed,
                         cfg['resize'], cfg['hflip'], cfg['color_jitter'], cfg['skip_bad'],
                         cfg['appearance_aug'], cfg['region_aug'], cfg['region_tint'],
-                        cfg['relabel'], cfg['region_keep_hue'])
+                        cfg['relabel'], cfg['region_keep_hue'], cfg['shadow_aug'])
 
 
 def iter_frames(data_cfg, max_frames=None, split='all'):

@@ -70,6 +70,11 @@ def fit_frame(frame, height, width, mode='crop', rng=None):
     else:
         rh, rw = height, width
     out['image'] = resize_image(frame['image'], rh, rw)
+    if frame.get('intrinsics') is not None:   # the pinhole follows the pixels
+        k = np.array(frame['intrinsics'], np.float32)
+        k[0] *= rw / w
+        k[1] *= rh / h
+        out['intrinsics'] = k
     if frame.get('depth') is not None:
         out['depth'] = resize_depth(frame['depth'], rh, rw)
     if frame.get('labels') is not None:
@@ -80,15 +85,22 @@ def fit_frame(frame, height, width, mode='crop', rng=None):
         for key in ('image', 'depth', 'labels'):
             if out.get(key) is not None:
                 out[key] = out[key][top:top + height, left:left + width]
+        if out.get('intrinsics') is not None:
+            out['intrinsics'] = out['intrinsics'] - np.float32(
+                [[0, 0, left], [0, 0, top], [0, 0, 0]])
     return out
 
 
 def hflip(frame):
-    """Mirror image, depth and labels left-right."""
+    """Mirror image, depth and labels left-right (and the principal point with them)."""
     out = dict(frame)
     for key in ('image', 'depth', 'labels'):
         if out.get(key) is not None:
             out[key] = np.ascontiguousarray(out[key][:, ::-1])
+    if out.get('intrinsics') is not None:
+        k = np.array(out['intrinsics'], np.float32)
+        k[0, 2] = frame['image'].shape[1] - 1 - k[0, 2]
+        out['intrinsics'] = k
     return out
 
 
