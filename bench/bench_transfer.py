@@ -138,6 +138,16 @@ ROWS = (
      "variant: sim_only_region_kitti with the sun's cast shadows of the frame's own objects on "
      'the road and grass, traced through the sim depth for a random sun (data.sim.shadow_aug): '
      'real shadows start at their object and have its shape, random blobs do not'),
+    ('sim_only_region_kitti_bld_shadow', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
+      'data.sim.shadow_aug=1.0'],
+     "variant: sim_only_region_kitti_bld (the buildings keep their hue) with "
+     "sim_only_region_kitti_shadow's cast shadows"),
+    ('sim_only_region_kitti_swa', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.weight_average=0.5'],
+     'variant: sim_only_region_kitti exporting the mean of the weights of its last 425 steps '
+     '(train.weight_average, SWA): a flatter minimum of the sim loss, which transfers better '
+     '(SWAD)'),
     ('sim_only_region_hue', 'sim_only', ['data.sim.region_aug=1.0', 'data.sim.region_tint=0.0'],
      'variant: sim_only_region keeping each region\'s hue (region_tint 0: brightness gains and '
      'blotches of the region\'s own colour), so colour stays a cue'),

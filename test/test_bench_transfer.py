@@ -102,3 +102,20 @@ def test_flip_averaged_network_commutes_with_mirroring_the_frame():
     assert (avg[1][1] == avg[0][1].flip(-1)).float().mean().item() > 0.99
     plain_rel = ((plain[1] - plain[0].flip(-1)).abs() / plain[0]).max().item()
     assert plain_rel > 100 * max(rel, 1e-6)
+
+
+def test_unseen_drives_summary_means_stds_and_gap_fractions_by_hand():
+    from analyse_unseen_drives import summary
+    per_seed = {'sim_only': {0: {'abs_rel': 0.30, 'miou': 0.20},
+                             1: {'abs_rel': 0.20, 'miou': 0.30}},
+                'oracle': {0: {'abs_rel': 0.10, 'miou': 0.50},
+                           1: {'abs_rel': 0.10, 'miou': 0.50}},
+                'adapted': {0: {'abs_rel': 0.15, 'miou': 0.40}}}
+    table = summary(per_seed)
+    assert table['sim_only']['abs_rel']['mean'] == pytest.approx(0.25)
+    assert table['sim_only']['miou']['std'] == pytest.approx(0.1 / 2 ** 0.5)
+    assert table['adapted']['miou']['std'] == 0.0   # one seed
+    # gap 0.25 -> 0.10 in AbsRel, 0.25 -> 0.50 in mIoU
+    assert table['adapted']['gap_closed']['abs_rel'] == pytest.approx(0.10 / 0.15)
+    assert table['adapted']['gap_closed']['miou'] == pytest.approx(0.15 / 0.25)
+    assert table['oracle']['gap_closed'] == {'abs_rel': pytest.approx(1), 'miou': pytest.approx(1)}

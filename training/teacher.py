@@ -21,7 +21,7 @@ class EmaTeacher(nn.Module):
             raise ValueError(f'loss.pseudo_teacher_ema={decay!r}: the EMA decay must be in '
                              '(0, 1), or 0 for no teacher')
         self.decay = float(decay)
-        skip = {'teacher', 'critic'}   # the copy needs neither; never a teacher of a teacher
+        skip = {'teacher', 'critic', 'averaged'}   # not deployed; never a teacher's teacher
         hidden = {k: net._modules.pop(k) for k in skip if k in net._modules}
         try:
             self.net = copy.deepcopy(net)

@@ -34,6 +34,7 @@ from . import losses
 from .checkpoint import (CheckpointError, load_checkpoint, read_record, rng_state,
                          save_checkpoint, set_rng_state)
 from .teacher import attach_teacher
+from .weight_average import attach_average, average_start
 from .train_data import epoch_order, step_loader, steps_per_epoch
 from .train_logging import CsvLog, grid_tensor, sample_grid, tensorboard_writer, write_grid
 
@@ -185,6 +186,9 @@ def check_train_config(t):
         raise ValueError(f'train.lr={t["lr"]!r}: must be > 0')
     if not 0.0 <= float(t.get('style_mix', 0.0)) <= 1.0:
         raise ValueError(f'train.style_mix={t["style_mix"]!r}: a probability in [0, 1]')
+    if not 0.0 <= float(t.get('weight_average', 0.0)) < 1.0:
+        raise ValueError(f'train.weight_average={t["weight_average"]!r}: a share of the '
+                         'steps in [0, 1)')
 
 
 def _seed_key(*parts):
@@ -314,6 +318,8 @@ class Trainer:
         record = read_record(self.ckpt_dir, tag) if self.resume else None
         if record is not None and stage == 'stage2':
             attach_teacher(self.net, self.loss_cfg)   # before its weights are loaded
+        if record is not None and stage != 'stage1':
+            attach_average(self.net, self.t)
         if record is not None and record.get('method') != self.method:
             raise CheckpointError(f'{self.ckpt_dir / tag}.json was written by method '
                                   f'{record.get("method")!r}, not {self.method!r}')
@@ -346,6 +352,8 @@ class Trainer:
                 self.fit_head_prior(stage, streams[0][0])
             if stage == 'stage2':
                 attach_teacher(self.net, self.loss_cfg)   # a copy of the start, prior fitted
+            if stage != 'stage1':
+                attach_average(self.net, self.t)
             torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
         self.steps[stage] = total
         weights = stage_weights(stage, self.loss_cfg)
@@ -443,6 +451,8 @@ class Trainer:
             if self.device.type == 'cuda' else torch.autocast('cpu', enabled=False)
         source_steps = self._source_steps() if stage == 'stage2' else 0
         loss_module = getattr(module, 'module', module)   # under DDP, the wrapped StageLoss
+        averaged = getattr(self.net, 'averaged', None) if stage != 'stage1' else None
+        average_from = average_start(self.t, total)
         for batches in zip(*loaders):
             batches = [_to(b, self.device) for b in batches]
             loss_module.source_only = step < source_steps
@@ -471,6 +481,8 @@ class Trainer:
             if teacher is not None:
                 teacher.update(self.net)
             step += 1
+            if averaged is not None and step > average_from:
+                averaged.update(self.net)
             n_last += 1
             loss_sum = float(sum(values))
             extra['epoch_loss'] = [extra['epoch_loss'][0] + loss_sum, extra['epoch_loss'][1] + 1]
@@ -511,6 +523,9 @@ class Trainer:
             for buf in self.net.buffers():
                 dist.broadcast(buf, 0)
             dist.barrier()
+        if averaged is not None and averaged.copy_to(self.net):
+            self._log(f'[{stage}] exporting the mean of the weights of steps '
+                      f'{average_from + 1}-{total} (train.weight_average)')
         path = self._save(f'{stage}_last', stage, opt, step, (step - 1) // spe, spe, total,
                           complete=True, extra=extra)
         if tb is not None:
