@@ -141,3 +141,22 @@ def test_a_twin_vae_setting_does_not_make_baseline_runs_stale(tmp_path):
     assert _differences(old, run_request('test', 'sim_only', 0, [])) == []
     assert _differences(old, run_request('test', 'sim_only', 0, [
         'train.lr_schedule=cosine'])) == ['config.train.lr_schedule']
+
+
+def test_a_key_added_to_defaults_while_a_compare_runs_keeps_old_runs_valid(monkeypatch):
+    """A long benchmark may see defaults.yaml gain a key between two of its runs."""
+    import training.compare as compare
+    old = run_request('test', 'sim_only', 0, [])
+    assert compare._default('config.train.lr') > 0   # the defaults were read once already
+    real_load = compare.load_config
+
+    def with_new_key(preset=None, overrides=()):
+        cfg = real_load(preset, overrides)
+        cfg['train']['a_new_option'] = 0.0
+        return cfg
+    monkeypatch.setattr(compare, 'load_config', with_new_key)
+    new = run_request('test', 'sim_only', 0, [])
+    assert new['config']['train']['a_new_option'] == 0.0
+    assert compare._differences(old, new) == []
+    new['config']['train']['a_new_option'] = 0.5
+    assert compare._differences(old, new) == ['config.train.a_new_option']

@@ -17,7 +17,6 @@ on sim data that gap is not the domain gap), and a Figure-3-like
 (ablations), e.g. ``--variant frozen=twin_vae,train.stage2_freeze_encoders=true``.
 """
 import argparse
-import functools
 import json
 import math
 import shutil
@@ -137,9 +136,9 @@ def relevant_request(request):
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def _defaults():
-    return load_config(None)   # read once; only looked up, never changed
+    """Read defaults.yaml at every check: a key added while a long compare runs is known."""
+    return load_config(None)
 
 
 def _default(path):
