@@ -148,6 +148,11 @@ ROWS = (
      'variant: sim_only_region_kitti exporting the mean of the weights of its last 425 steps '
      '(train.weight_average, SWA): a flatter minimum of the sim loss, which transfers better '
      '(SWAD)'),
+    ('sim_only_region_kitti_swa_const', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.lr_schedule=constant',
+      'train.weight_average=0.5'],
+     "variant: sim_only_region_kitti_swa with SWA's own schedule: a constant learning rate "
+     '(3e-3), so the averaged half explores rather than settles'),
     ('sim_only_region_hue', 'sim_only', ['data.sim.region_aug=1.0', 'data.sim.region_tint=0.0'],
      'variant: sim_only_region keeping each region\'s hue (region_tint 0: brightness gains and '
      'blotches of the region\'s own colour), so colour stays a cue'),
