@@ -14,7 +14,6 @@ scores the benchmark's exports on it and on the benchmark's own val split with
 """
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
@@ -79,23 +78,17 @@ def score(exports, data_root, split, cfg):
 
 
 def summary(per_seed):
-    """Mean and sample std per row and metric, and each row's sim_only -> oracle gap closed."""
+    """Mean and sample std per row and metric (``training.compare``'s), and each row's
+    sim_only -> oracle gap closed (``training.compare.gap_closed``)."""
+    from training.compare import gap_closed, mean_std
     table = {}
     for row, seeds in per_seed.items():
         table[row] = {}
-        for key, _ in METRICS:
-            values = [s[key] for s in seeds.values()]
-            mean = sum(values) / len(values)
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) \
-                if len(values) > 1 else 0.0
-            table[row][key] = {'mean': mean, 'std': std}
-    if 'sim_only' in table and 'oracle' in table:
-        for row, figures in table.items():
-            gaps = {}
-            for key, _ in METRICS:
-                low, high = table['sim_only'][key]['mean'], table['oracle'][key]['mean']
-                gaps[key] = (figures[key]['mean'] - low) / (high - low) if high != low else None
-            figures['gap_closed'] = gaps
+        for key, section in METRICS:
+            mean, std = mean_std([float(s[key]) for s in seeds.values()])
+            table[row][f'{section}.{key}'] = {'mean': mean, 'std': std}
+    for row, gaps in gap_closed(table).items():
+        table[row]['gap_closed'] = gaps
     return table
 
 
@@ -109,12 +102,12 @@ def markdown(result):
              'mIoU (unseen) | gap closed (unseen) |', '|---|---:|---:|---:|---:|---:|---:|']
 
     def cell(figures, key):
-        f = figures[key]
-        return f"{f['mean']:.3f} ± {f['std']:.3f}"
+        f = figures[dict(METRICS)[key] + '.' + key]
+        return f"{f['mean']:.3f} ± {f['std'] or 0.0:.3f}"
 
     def gap(figures):
         g = figures.get('gap_closed')
-        if not g or g['abs_rel'] is None or g['miou'] is None:
+        if not g or g.get('abs_rel') is None or g.get('miou') is None:
             return '-'
         return f"{100 * g['abs_rel']:.0f}% / {100 * g['miou']:.0f}%"
     for row in result['table']['val']:

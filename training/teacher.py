@@ -12,6 +12,23 @@ import torch
 from torch import nn
 
 
+#: Submodules a copy of the network leaves out: training helpers that are never deployed
+#: (and a copy never holds a copy of itself).
+NOT_COPIED = ('teacher', 'critic', 'averaged')
+
+
+def frozen_copy(net):
+    """Return a deep copy of ``net`` without ``NOT_COPIED`` submodules and without gradients."""
+    hidden = {k: net._modules.pop(k) for k in NOT_COPIED if k in net._modules}
+    try:
+        out = copy.deepcopy(net)
+    finally:
+        net._modules.update(hidden)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
 class EmaTeacher(nn.Module):
     """A frozen copy of a network, moved towards it by ``update`` after every step."""
 
@@ -21,14 +38,7 @@ class EmaTeacher(nn.Module):
             raise ValueError(f'loss.pseudo_teacher_ema={decay!r}: the EMA decay must be in '
                              '(0, 1), or 0 for no teacher')
         self.decay = float(decay)
-        skip = {'teacher', 'critic', 'averaged'}   # not deployed; never a teacher's teacher
-        hidden = {k: net._modules.pop(k) for k in skip if k in net._modules}
-        try:
-            self.net = copy.deepcopy(net)
-        finally:
-            net._modules.update(hidden)
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        self.net = frozen_copy(net)
 
     @torch.no_grad()
     def update(self, student):

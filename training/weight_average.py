@@ -7,13 +7,10 @@ average is a submodule of the network (``net.averaged``), so checkpoints save an
 and the optimiser never sees it; at the end of the stage its weights replace the network's,
 and the export (``DepthSegNet.from_twin``) carries them and leaves the copy out.
 """
-import copy
-
 import torch
 from torch import nn
 
-#: Submodules never copied into the average (the teacher and critic are not deployed).
-SKIP = ('teacher', 'critic', 'averaged')
+from .teacher import frozen_copy
 
 
 class WeightAverage(nn.Module):
@@ -21,13 +18,7 @@ class WeightAverage(nn.Module):
 
     def __init__(self, net):
         super().__init__()
-        hidden = {k: net._modules.pop(k) for k in SKIP if k in net._modules}
-        try:
-            self.net = copy.deepcopy(net)
-        finally:
-            net._modules.update(hidden)
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        self.net = frozen_copy(net)
         self.register_buffer('count', torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
