@@ -49,12 +49,14 @@ def build_parser():
     return p
 
 
-def render_unseen(folder, drives, per_drive):
-    """Render the unseen real-style drives (the benchmark's look and camera, another seed)."""
-    sys.path.insert(0, str(REPO / 'bench'))
-    from bench_transfer import DATA
+def render_unseen(folder, drives, per_drive, base=None):
+    """Render the unseen real-style drives: the benchmark's look and camera (``base``: its
+    data spec, default ``bench_transfer.DATA``) with another seed. Returns the spec."""
+    if base is None:
+        sys.path.insert(0, str(REPO / 'bench'))
+        from bench_transfer import DATA as base
     from training.data.make_procedural import generate
-    spec = {**DATA, 'sim_frames': 0, 'real_frames': drives * per_drive,
+    spec = {**base, 'sim_frames': 0, 'real_frames': drives * per_drive,
             'frames_per_sequence': per_drive, 'seed': UNSEEN_SEED}
     generate(folder, **spec)
     return spec
@@ -71,9 +73,12 @@ def score(exports, data_root, split, cfg):
     out = {}
     for name, result in results.items():
         row, seed = name.rsplit('@', 1)
+        seg = result['segmentation']
         out.setdefault(row, {})[int(seed)] = {
-            key: float(result[section][key]) for key, section in METRICS}
-        out[row][int(seed)]['frames'] = int(result.get('frames', 0))
+            **{key: float(result[section][key]) for key, section in METRICS},
+            'pixel_acc': float(seg['pixel_acc']),
+            'label_change_share': float(seg['label_change_share']),
+            'frames': int(result.get('frames', 0))}
     return out
 
 

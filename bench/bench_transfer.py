@@ -241,6 +241,10 @@ DATA = {'sim_frames': 600, 'real_frames': 600, 'height': 192, 'width': 640,
 METRICS = ('abs_rel', 'miou', 'pixel_acc', 'label_change_share')
 QUICK_DATA = {'sim_frames': 12, 'real_frames': 16, 'height': 64, 'width': 192,
               'frames_per_sequence': 4, 'seed': 0, 'sim_style': SIM_CAMERA}
+#: The second real-style test set: drives no run trains on (bench/analyse_unseen_drives.py),
+#: because the val split is the last metres of the drives the oracle trains on.
+UNSEEN = {'drives': 12, 'frames_per_drive': 10}
+QUICK_UNSEEN = {'drives': 2, 'frames_per_drive': 2}
 
 
 def build_parser():
@@ -268,6 +272,9 @@ def build_parser():
                    help='tiny data and the test preset: checks the plumbing in a minute, '
                         'measures nothing')
     p.add_argument('--retrain', action='store_true', help='retrain finished runs')
+    p.add_argument('--no-unseen', action='store_true',
+                   help='skip scoring every run on real-style drives no run trained on '
+                        '(--out/data_unseen; about a second per model and seed)')
     return p
 
 
@@ -369,6 +376,42 @@ def _s(methods, name, metric, split='real'):
     return std if std is not None else math.nan
 
 
+def score_unseen(args, rows, runs, methods, quick):
+    """Score every run's export on the unseen drives: add ``split: unseen`` runs and stats.
+
+    Returns the split's description; the runs trained nothing new.
+    """
+    from analyse_unseen_drives import render_unseen, score
+    from sim2real_perception.config import load_config
+    shape = QUICK_UNSEEN if quick else UNSEEN
+    folder = Path(args.out) / 'data_unseen'
+    spec = render_unseen(folder, shape['drives'], shape['frames_per_drive'],
+                         QUICK_DATA if quick else DATA)
+    exports = {}
+    for name, *_ in rows:
+        for seed in args.seeds:
+            path = Path(args.out) / 'compare' / 'runs' / f'{name}_s{seed}' / 'export'
+            if path.is_dir():
+                exports.setdefault(name, {})[seed] = path
+    scores = score(exports, folder, 'all', load_config(args.config))
+    wall = {(r['method'], r['seed']): r['wall_s'] for r in runs if r['split'] == 'real'}
+    for name, by_seed in scores.items():
+        for seed, figures in sorted(by_seed.items()):
+            runs.append({'method': name, 'seed': seed, 'split': 'unseen',
+                         **{m: figures[m] for m in METRICS},
+                         'wall_s': wall.get((name, seed))})
+    for name in methods:
+        mine = [r for r in runs if r['method'] == name and r['split'] == 'unseen']
+        methods[name]['unseen'] = {m: _mean_std([r[m] for r in mine]) for m in METRICS}
+    frames = next((f['frames'] for s in scores.values() for f in s.values()), 0)
+    return {'root': str(folder), **shape, 'frames': frames, 'generator': spec}
+
+
+def on_split(methods, split):
+    """``methods`` with ``split``'s statistics in the place of the real val split's."""
+    return {n: {**m, 'real': m[split]} for n, m in methods.items() if split in m}
+
+
 def gap_fractions(methods):
     """Return (row - sim_only) / (oracle - sim_only) on AbsRel and mIoU (real split)."""
     out = {}
@@ -459,9 +502,7 @@ def markdown(result):
              'mIoU (sim val) | gap closed AbsRel / mIoU | train s/run |',
              '|---|---:|---:|---:|---:|---:|---:|---:|']
     for name, stats in result['methods'].items():
-        g = result['gap_closed'].get(name, {})
-        gap = ' / '.join('-' if g.get(m) is None else f'{g[m]:.0%}' for m in ('abs_rel', 'miou')) \
-            if g else '-'
+        gap = gap_cell(result['gap_closed'].get(name, {}))
         lines.append(f'| {name} | {cell(stats["real"]["abs_rel"])} | '
                      f'{cell(stats["real"]["miou"])} | {cell(stats["real"]["pixel_acc"])} | '
                      f'{cell(stats["real"]["label_change_share"])} | '
@@ -470,8 +511,35 @@ def markdown(result):
     gt = result['gt_label_change_share']
     lines += ['', f'Ground truth label-change share: real {gt.get("real", math.nan):.3f}, '
               f'sim {gt.get("sim", math.nan):.3f}.', '']
-    v = result['validity']
-    lines.append('Validity: ' + '; '.join([
+    lines.append('Validity: ' + validity_line(result['validity']))
+    unseen = result.get('unseen_drives')
+    if unseen:
+        lines += ['', f'Unseen drives: {unseen["frames"]} frames of {unseen["drives"]} '
+                  'real-style drives no run trained on (the val split is the last metres of '
+                  "the oracle's training drives):", '',
+                  '| row | AbsRel (unseen) | mIoU (unseen) | PixAcc (unseen) | '
+                  'LblChg (unseen) | gap closed AbsRel / mIoU |', '|---|---:|---:|---:|---:|---:|']
+        for name, stats in result['methods'].items():
+            if 'unseen' not in stats:
+                continue
+            u = stats['unseen']
+            lines.append(f'| {name} | {cell(u["abs_rel"])} | {cell(u["miou"])} | '
+                         f'{cell(u["pixel_acc"])} | {cell(u["label_change_share"])} | '
+                         f'{gap_cell(unseen["gap_closed"].get(name, {}))} |')
+        lines += ['', 'Validity (unseen drives): ' + validity_line(unseen['validity'])]
+    return '\n'.join(lines) + '\n'
+
+
+def gap_cell(g):
+    """'77% / 42%' from a row's gap fractions ('-' where none)."""
+    if not g:
+        return '-'
+    return ' / '.join('-' if g.get(m) is None else f'{g[m]:.0%}' for m in ('abs_rel', 'miou'))
+
+
+def validity_line(v):
+    """The three validity checks in one line of figures and verdicts."""
+    return '; '.join([
         'every learned row beats mean_prior: '
         + ('yes' if v['every_learned_method_beats_mean_prior']['ok'] else 'NO'),
         'oracle - sim_only vs 3 x larger std: AbsRel '
@@ -482,8 +550,7 @@ def markdown(result):
         + ('ok' if v['oracle_beats_sim_only_by_3_std']['ok'] else 'FAILS') + ')',
         'domain gap (sim_only mIoU sim - real) '
         f'{v["domain_gap_miou_sim_minus_real"]["value"]:.3f} >= 0.05 ('
-        + ('ok' if v['domain_gap_miou_sim_minus_real']['ok'] else 'FAILS') + ')']) + '.')
-    return '\n'.join(lines) + '\n'
+        + ('ok' if v['domain_gap_miou_sim_minus_real']['ok'] else 'FAILS') + ')']) + '.'
 
 
 def curves(out, rows, path, seeds):
@@ -535,6 +602,14 @@ def main(argv=None):
     report = run_rows(args, data_dir, rows, args.seeds)
     runs, methods, gt_share = collect(report, rows)
     gaps = gap_fractions(methods)
+    unseen = None
+    if not args.no_unseen:
+        trained_as = {r[0]: r[1] for r in rows}
+        unseen = score_unseen(args, rows, runs, methods, args.quick)
+        view = on_split(methods, 'unseen')
+        unseen_gaps = gap_fractions(view)
+        unseen.update({'gap_closed': unseen_gaps, 'validity': validity(view),
+                       'targets': targets(view, unseen_gaps, trained_as)})
     result = {
         'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
         'machine': {'cpu': platform.processor() or platform.machine(),
@@ -547,6 +622,7 @@ def main(argv=None):
         'gt_label_change_share': gt_share,
         'validity': validity(methods),
         'targets': targets(methods, gaps, {r[0]: r[1] for r in rows}),
+        'unseen_drives': unseen,
         'total_s': time.perf_counter() - t0,
     }
     results = Path(args.results)

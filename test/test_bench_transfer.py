@@ -119,3 +119,32 @@ def test_unseen_drives_summary_means_stds_and_gap_fractions_by_hand():
     assert table['adapted']['gap_closed']['abs_rel'] == pytest.approx(0.10 / 0.15)
     assert table['adapted']['gap_closed']['miou'] == pytest.approx(0.15 / 0.25)
     assert 'gap_closed' not in table['oracle'] and 'gap_closed' not in table['sim_only']
+
+
+def test_unseen_drives_are_scored_like_the_val_split_and_reported_beside_it():
+    methods = _methods(ROWS)
+    stat = {'mean': 0.5, 'std': None, 'n': 1}
+    for name, (a, m, _, _) in ROWS.items():   # unseen: the oracle's lead halves
+        methods[name]['unseen'] = {'abs_rel': {'mean': a + 0.05, 'std': 0.01, 'n': 3},
+                                   'miou': {'mean': m, 'std': 0.01, 'n': 3},
+                                   'pixel_acc': stat, 'label_change_share': stat}
+        methods[name]['wall_s'] = {'mean': 400.0, 'std': None, 'n': 1}
+        for split in ('real', 'sim'):
+            methods[name][split].update(pixel_acc=stat, label_change_share=stat)
+    methods['oracle']['unseen']['miou']['mean'] = 0.36   # 0.28 -> 0.36 instead of 0.44
+    view = bt.on_split(methods, 'unseen')
+    assert view['twin']['real'] is methods['twin']['unseen']
+    assert view['twin']['sim'] is methods['twin']['sim']   # the domain-gap check stays sim's
+    gaps = bt.gap_fractions(view)
+    assert gaps['twin']['miou'] == pytest.approx((0.37 - 0.28) / (0.36 - 0.28))
+    assert gaps['twin']['abs_rel'] == pytest.approx((0.28 - 0.35) / (0.23 - 0.35))
+    result = {'methods': methods, 'gap_closed': bt.gap_fractions(methods),
+              'gt_label_change_share': {'real': 0.3, 'sim': 0.3},
+              'validity': bt.validity(methods),
+              'unseen_drives': {'frames': 120, 'drives': 12, 'gap_closed': gaps,
+                                'validity': bt.validity(view)}}
+    text = bt.markdown(result)
+    unseen_part = text.split('Unseen drives:')[1]
+    assert '| twin | 0.280 ± 0.010 | 0.370 ± 0.010 |' in unseen_part
+    assert f"{gaps['twin']['miou']:.0%}" in unseen_part
+    assert 'Validity (unseen drives):' in unseen_part
