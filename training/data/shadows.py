@@ -45,7 +45,7 @@ def default_intrinsics(height, width):
 
 
 def sun_vector(azimuth_deg, elevation_deg):
-    """Unit vector towards the sun in camera axes (x right, y down, z forward)."""
+    """Return the unit vector towards the sun in camera axes (x right, y down, z forward)."""
     az, el = np.radians(azimuth_deg), np.radians(elevation_deg)
     return np.array([np.sin(az) * np.cos(el), -np.sin(el), np.cos(az) * np.cos(el)],
                     np.float32)
@@ -104,9 +104,10 @@ def shadow_mask(depth, labels, intrinsics, sun):
 
 
 def cast_shadow_aug(image, depth, labels, intrinsics, strength, rng):
-    """Darken the ground under a random sun's cast shadows; ``strength`` scales the chance
-    (``min(strength, 1)`` of the frames) and the darkening. Returns ``image`` unchanged at 0,
-    without depth or labels, or when no shadow falls in view.
+    """Darken the ground under a random sun's cast shadows.
+
+    ``strength`` scales the chance (``min(strength, 1)`` of the frames) and the darkening.
+    Returns ``image`` unchanged at 0, without depth or labels, or when no shadow falls in view.
     """
     if strength <= 0 or depth is None or labels is None or rng.random() >= min(strength, 1.0):
         return image
