@@ -342,6 +342,12 @@ def _mean_std(values):
     return {'mean': mean, 'std': std, 'n': len(vals)}
 
 
+def split_stats(runs, name, split):
+    """Mean and std of every metric over one row's runs on one split."""
+    mine = [r for r in runs if r['method'] == name and r['split'] == split]
+    return {m: _mean_std([r[m] for r in mine]) for m in METRICS}
+
+
 def collect(report, rows):
     """Flatten compare.json into the benchmark's ``runs`` list and per-method statistics."""
     runs = []
@@ -358,10 +364,7 @@ def collect(report, rows):
             gt_share[split] = seg.get('gt_label_change_share')
     methods = {}
     for name, *_ in rows:
-        methods[name] = {}
-        for split in report['splits']:
-            mine = [r for r in runs if r['method'] == name and r['split'] == split]
-            methods[name][split] = {m: _mean_std([r[m] for r in mine]) for m in METRICS}
+        methods[name] = {split: split_stats(runs, name, split) for split in report['splits']}
         methods[name]['wall_s'] = _mean_std(
             [r['wall_s'] for r in runs if r['method'] == name and r['split'] == 'real'])
     return runs, methods, gt_share
@@ -381,18 +384,15 @@ def score_unseen(args, rows, runs, methods, quick):
 
     Returns the split's description; the runs trained nothing new.
     """
+    from analyse_depth_errors import find_exports
     from analyse_unseen_drives import render_unseen, score
     from sim2real_perception.config import load_config
     shape = QUICK_UNSEEN if quick else UNSEEN
     folder = Path(args.out) / 'data_unseen'
     spec = render_unseen(folder, shape['drives'], shape['frames_per_drive'],
                          QUICK_DATA if quick else DATA)
-    exports = {}
-    for name, *_ in rows:
-        for seed in args.seeds:
-            path = Path(args.out) / 'compare' / 'runs' / f'{name}_s{seed}' / 'export'
-            if path.is_dir():
-                exports.setdefault(name, {})[seed] = path
+    exports = find_exports(Path(args.out) / 'compare' / 'runs', [r[0] for r in rows],
+                           args.seeds)
     scores = score(exports, folder, 'all', load_config(args.config))
     wall = {(r['method'], r['seed']): r['wall_s'] for r in runs if r['split'] == 'real'}
     for name, by_seed in scores.items():
@@ -401,8 +401,7 @@ def score_unseen(args, rows, runs, methods, quick):
                          **{m: figures[m] for m in METRICS},
                          'wall_s': wall.get((name, seed))})
     for name in methods:
-        mine = [r for r in runs if r['method'] == name and r['split'] == 'unseen']
-        methods[name]['unseen'] = {m: _mean_std([r[m] for r in mine]) for m in METRICS}
+        methods[name]['unseen'] = split_stats(runs, name, 'unseen')
     frames = next((f['frames'] for s in scores.values() for f in s.values()), 0)
     return {'root': str(folder), **shape, 'frames': frames, 'generator': spec}
 
