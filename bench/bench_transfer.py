@@ -143,6 +143,24 @@ ROWS = (
       'data.sim.shadow_aug=1.0'],
      "variant: sim_only_region_kitti_bld (the buildings keep their hue) with "
      "sim_only_region_kitti_shadow's cast shadows"),
+    ('sim_only_region_kitti_st', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.supervised_steps=600',
+      'train.self_train_steps=200', 'train.self_train_batch=2'],
+     'variant: sim_only_region_kitti in 600 steps, then 200 steps of offline self-training '
+     '(train.self_train_steps: it labels the real training frames once, keeps the most '
+     'confident half of each class, and trains on them re-rendered beside the sim frames, '
+     '2 + 2 frames a step), in the same wall time'),
+    ('sim_only_region_kitti_st850', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.self_train_steps=250'],
+     'over the budget (about 11.5 min a run): all 850 steps of sim_only_region_kitti, then '
+     '250 steps of offline self-training with 4 sim + 4 real frames a step; its supervised '
+     "stage is the same as sim_only_region_kitti's, so that row's checkpoints can be copied "
+     'in and resumed'),
+    ('sim_only_region_kitti_st850_b2', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.self_train_steps=250',
+      'train.self_train_batch=2'],
+     'over the budget (about 10 min a run): sim_only_region_kitti_st850 with 2 + 2 frames a '
+     'self-training step, the cost of a supervised step'),
     ('sim_only_region_kitti_swa', 'sim_only',
      ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.weight_average=0.5'],
      'variant: sim_only_region_kitti exporting the mean of the weights of its last 425 steps '

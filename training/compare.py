@@ -113,20 +113,39 @@ _STAGE_KEYS = ('train.stage1_epochs', 'train.stage2_epochs', 'train.stage1_steps
                           'pseudo_teacher_ema'))
 _SUPERVISED_KEYS = ('train.supervised_epochs', 'train.supervised_steps', 'loss.depth',
                     'loss.ce', 'train.bn_recalibrate_baselines')
+#: sim_only's self-training stage (train.self_train_steps > 0) reads these and the real frames.
+_SELF_TRAIN_KEYS = ('train.self_train_steps', 'train.self_train_lr', 'train.self_train_keep',
+                    'train.self_train_batch', 'loss.self_train_ce')
+_SELF_TRAIN_READS = ('data.real', 'loss.pseudo_threshold', 'loss.pseudo_strength')
 #: Config keys a method never reads: editing them (say, a twin-VAE setting of the preset)
 #: does not make that method's finished runs stale.
 UNUSED_KEYS = {
-    'twin_vae': _SUPERVISED_KEYS,
+    'twin_vae': _SUPERVISED_KEYS + _SELF_TRAIN_KEYS,
     'sim_only': _STAGE_KEYS + ('data.real', 'data.eval'),
-    'oracle': _STAGE_KEYS + ('data.real', 'data.sim'),
+    'oracle': _STAGE_KEYS + _SELF_TRAIN_KEYS + ('data.real', 'data.sim'),
     'mean_prior': _STAGE_KEYS + _SUPERVISED_KEYS + ('data.real', 'data.eval', 'loss', 'train'),
 }
+
+
+def unused_keys(request):
+    """Return the config keys ``request``'s method never reads with its settings."""
+    method = request.get('method')
+    keys = UNUSED_KEYS.get(method, ())
+    if method != 'sim_only':
+        return keys
+    train = request.get('config', {}).get('train', {})
+    if int(train.get('self_train_steps', 0) or 0) > 0:
+        return tuple(k for k in keys if k not in _SELF_TRAIN_READS)
+    keys = keys + _SELF_TRAIN_KEYS
+    if float(train.get('style_mix', 0.0) or 0.0) > 0:   # real frames lend their statistics
+        keys = tuple(k for k in keys if k != 'data.real')
+    return keys
 
 
 def relevant_request(request):
     """Return ``request`` without the config keys its method never reads."""
     out = json.loads(json.dumps(request))
-    for dotted in UNUSED_KEYS.get(out.get('method'), ()):
+    for dotted in unused_keys(out):
         *parents, last = dotted.split('.')
         node = out.get('config', {})
         for key in parents:

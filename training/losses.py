@@ -60,6 +60,12 @@ SUPERVISED_TERMS = {
     'depth': 'depth MSE of G_D(E_R(x)) on labelled frames',
     'ce': 'cross entropy of G_I(E_R(x)) on labelled frames',
 }
+#: sim_only's self-training stage (training/self_training.py): the sim terms plus the real one.
+SELF_TRAIN_TERMS = {
+    **SUPERVISED_TERMS,
+    'self_train_ce': 'beyond the paper: cross entropy of G_I(E_R(strong(x_R))) to the '
+                     "network's class-balanced confident labels of x_R, made once",
+}
 
 
 def _zero_like(t):
@@ -456,4 +462,18 @@ def supervised_terms(net, batch, model_cfg, sky_as_far=True, depth_norm='l2', ce
     }
     images = {'image': x, 'depth_pred': d, 'seg_pred': s, 'depth': batch['depth'],
               'labels': batch['labels']}
+    return terms, images
+
+
+def self_train_terms(net, sim_batch, real_batch, model_cfg, sky_as_far=True, depth_norm='l2',
+                     strength=1.0):
+    """Self-training stage terms: the sim supervision and the real frames' fixed labels.
+
+    The real frames are re-rendered (``strong_view``) so the network must give the labels it
+    gave the clean frame to a differently photographed one; the mean runs over kept pixels.
+    """
+    terms, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm)
+    view = strong_view(real_batch['image'], strength)
+    _, z, feats = net.encode_skips(view, 'real')
+    terms['self_train_ce'] = seg_loss(net.decode(z, 'seg', feats), real_batch['labels'])
     return terms, images

@@ -41,7 +41,7 @@ from .train_logging import CsvLog, grid_tensor, sample_grid, tensorboard_writer,
 METHODS = ('twin_vae', 'sim_only', 'oracle', 'mean_prior')
 STAGES = ('1', '2', 'all')
 #: Data streams (seeds of their shuffles) so each has its own independent order.
-STREAM_SIM, STREAM_REAL, STREAM_EVAL = 1, 2, 3
+STREAM_SIM, STREAM_REAL, STREAM_EVAL, STREAM_PSEUDO = 1, 2, 3, 4
 EXIT_NONFINITE = 3
 
 
@@ -68,6 +68,7 @@ class StageLoss(nn.Module):
         self.lean = bool(lean)
         self.source_only = False   # set per step by the trainer (train.stage2_source_steps)
         self.sim_encoder = needs_sim_encoder(loss_cfg, real_input, lean)
+        self.strength = float(loss_cfg['pseudo_strength'])   # the self_train stage's view
         on = {k: float(loss_cfg.get(f's2_pseudo_{k}', 0.0)) > 0 for k in ('ce', 'depth')}
         self.pseudo = {'threshold': float(loss_cfg['pseudo_threshold']),
                        'strength': float(loss_cfg['pseudo_strength']),
@@ -86,6 +87,9 @@ class StageLoss(nn.Module):
                                        self.real_input, self.lean, self.pseudo,
                                        self.depth_norm, self.sim_encoder, self.source_only,
                                        self.ce_weight)
+        if self.stage == 'self_train':
+            return losses.self_train_terms(self.net, first, second, self.model_cfg,
+                                           self.sky_as_far, self.depth_norm, self.strength)
         if self.style_mixer is not None:
             self.style_mixer.prepare(second['image'], first['image'].shape[0])
         try:
@@ -145,7 +149,7 @@ def set_trainable(net, stage, train_cfg, loss_cfg):
 def stage_weights(stage, loss_cfg):
     """Return the ``loss.*`` weight of each of a stage's terms, in the documented order."""
     names = {'stage1': losses.STAGE1_TERMS, 'stage2': losses.STAGE2_TERMS,
-             'supervised': losses.SUPERVISED_TERMS}[stage]
+             'supervised': losses.SUPERVISED_TERMS, 'self_train': losses.SELF_TRAIN_TERMS}[stage]
     return {k: float(loss_cfg[k]) for k in names}
 
 
@@ -189,6 +193,13 @@ def check_train_config(t):
     if not 0.0 <= float(t.get('weight_average', 0.0)) < 1.0:
         raise ValueError(f'train.weight_average={t["weight_average"]!r}: a share of the '
                          'steps in [0, 1)')
+    if int(t.get('self_train_steps', 0)) < 0 or int(t.get('self_train_batch', 0)) < 0 or \
+            not float(t.get('self_train_lr', 1.0)) > 0:
+        raise ValueError('train.self_train_steps and train.self_train_batch must be >= 0, '
+                         'train.self_train_lr > 0')
+    if int(t.get('self_train_steps', 0)) and float(t.get('weight_average', 0.0)):
+        raise ValueError('train.weight_average and train.self_train_steps: average one stage '
+                         'or self-train after it, not both')
 
 
 def _seed_key(*parts):
@@ -213,6 +224,9 @@ class Trainer:
         if self._style_mix() > 0 and method != 'sim_only':
             raise ValueError(f'train.style_mix is for --method sim_only (got {method}): it '
                              'mixes real frame statistics into the sim frames of that baseline')
+        if self._self_train_steps() and method != 'sim_only':
+            raise ValueError(f'train.self_train_steps is for --method sim_only (got {method}); '
+                             'the twin-VAE self-trains in stage 2 (loss.s2_pseudo_ce)')
         self._init_distributed()
         if self.t['deterministic']:
             os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
@@ -252,6 +266,11 @@ class Trainer:
             data = self.cfg['data']
             if name == 'sim':
                 ds = build_dataset(data['sim'], 'train', h, w, True, self.seed)
+            elif name == 'sim_self_train':   # other augmentation draws than stage 1's epochs
+                ds = build_dataset(data['sim'], 'train', h, w, True, self.seed + 7919)
+            elif name == 'real_plain':   # unaugmented, for the self-training labels
+                real = {**data['real'], 'with_depth': False, 'with_labels': False}
+                ds = build_dataset(real, 'train', h, w, False, self.seed)
             elif name == 'real':   # images only: twin_vae never reads real labels
                 real = {**data['real'], 'with_depth': False, 'with_labels': False}
                 ds = build_dataset(real, 'train', h, w, True, self.seed)
@@ -268,6 +287,8 @@ class Trainer:
             return [('real', STREAM_REAL), ('sim', STREAM_SIM)]
         if stage == 'stage2':
             return [('sim', STREAM_SIM), ('real', STREAM_REAL)]
+        if stage == 'self_train':
+            return [('sim_self_train', STREAM_SIM), ('pseudo', STREAM_PSEUDO)]
         if self.method == 'sim_only':   # real frames only lend their feature statistics
             return [('sim', STREAM_SIM)] + ([('real', STREAM_REAL)] if self._style_mix() else [])
         return [('eval_train', STREAM_EVAL)]
@@ -276,8 +297,26 @@ class Trainer:
         """Return ``train.style_mix``: the share of sim frames given real feature statistics."""
         return float(self.t.get('style_mix', 0.0))
 
+    def _self_train_steps(self):
+        """Return ``train.self_train_steps``: sim_only's self-training stage (0 = none)."""
+        return int(self.t.get('self_train_steps', 0))
+
+    def _lr_config(self, stage):
+        """Return the train section whose ``lr`` a stage's schedule starts from."""
+        if stage == 'self_train':
+            return {**self.t, 'lr': float(self.t['self_train_lr'])}
+        return self.t
+
+    def _batch(self, stage):
+        """Frames per stream per step: ``train.self_train_batch`` in that stage, if set."""
+        if stage == 'self_train' and int(self.t.get('self_train_batch', 0)) > 0:
+            return int(self.t['self_train_batch'])
+        return int(self.t['batch_size'])
+
     def _schedule(self, stage, sizes):
-        batch = int(self.t['batch_size'])
+        batch = self._batch(stage)
+        if stage == 'self_train':
+            return steps_per_epoch(sizes[0], batch, self.world), self._self_train_steps()
         key = {'stage1': 'stage1', 'stage2': 'stage2', 'supervised': 'supervised'}[stage]
         spe = steps_per_epoch(max(sizes), batch, self.world)
         steps = int(self.t[f'{key}_steps'])
@@ -305,6 +344,8 @@ class Trainer:
     def train_stage(self, stage, stage_index):
         """Train (or resume, or skip when complete) one stage; return its last record."""
         tag = f'{stage}_last'
+        if stage == 'self_train':
+            self.prepare_pseudo_labels()
         params = set_trainable(self.net, stage, self.t, self.loss_cfg)
         betas = tuple(float(b) for b in self.t['betas'])
         opt = torch.optim.Adam(params, lr=float(self.t['lr']), betas=betas,
@@ -313,7 +354,8 @@ class Trainer:
         datasets = [self.dataset(name) for name, _ in streams]
         sizes = [len(d) for d in datasets]
         # A baseline's epochs are those of its labelled frames (style mixing adds real ones).
-        spe, total = self._schedule(stage, sizes[:1] if stage == 'supervised' else sizes)
+        spe, total = self._schedule(stage, sizes[:1] if stage in ('supervised', 'self_train')
+                                    else sizes)
         start, extra = 0, {'epoch_loss': [0.0, 0], 'best_loss': None}
         record = read_record(self.ckpt_dir, tag) if self.resume else None
         if record is not None and stage == 'stage2':
@@ -348,7 +390,7 @@ class Trainer:
                 load_checkpoint(self.ckpt_dir, 'stage1_last', self.net)
                 self.last_good = self.ckpt_dir / 'stage1_last.json'
                 self._log(f'[stage2] starting from {self.ckpt_dir / "stage1_last.json"}')
-            if self.net.prior is not None and stage != 'stage1':
+            if self.net.prior is not None and stage not in ('stage1', 'self_train'):
                 self.fit_head_prior(stage, streams[0][0])
             if stage == 'stage2':
                 attach_teacher(self.net, self.loss_cfg)   # a copy of the start, prior fitted
@@ -357,7 +399,8 @@ class Trainer:
             torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
         self.steps[stage] = total
         weights = stage_weights(stage, self.loss_cfg)
-        ce_weight = self.class_weights(stage, streams[0][0]) if stage != 'stage1' else None
+        ce_weight = self.class_weights(stage, streams[0][0]) \
+            if stage in ('stage2', 'supervised') else None
         mixer = None
         if stage == 'supervised' and self._style_mix() > 0:
             from .style_mix import StyleMixer
@@ -369,7 +412,7 @@ class Trainer:
             module = DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
                 find_unused_parameters=stage == 'stage2' and self._source_steps() > 0)
-        loaders = [step_loader(ds, int(self.t['batch_size']), self.world, self.rank,
+        loaders = [step_loader(ds, self._batch(stage), self.world, self.rank,
                                self.seed, sid, start, total, int(self.t['num_workers']))
                    for ds, (_, sid) in zip(datasets, streams)]
         try:
@@ -377,6 +420,36 @@ class Trainer:
         finally:
             if mixer is not None:
                 mixer.remove()
+
+    def prepare_pseudo_labels(self):
+        """Label the real training frames once for the self_train stage (or read them back).
+
+        A resumed run reads ``RUN/self_train/pseudo_labels.npz``; a fresh stage labels the
+        frames with the network as the supervised stage left it.
+        """
+        from . import self_training as st
+        frames = self.dataset('real_plain')
+        names = [frames.source.samples[i].name for i in frames.indices]
+        path = self.run_dir / st.LABELS_FILE
+        if self.resume and path.is_file():
+            labels, thresholds = st.load_labels(path, names)
+            self._log(f'[self_train] labels of {len(labels)} real frames read from {path}')
+        else:
+            if self.resume and read_record(self.ckpt_dir, 'self_train_last') is not None:
+                raise CheckpointError(f'{self.ckpt_dir}/self_train_last.json exists but {path} '
+                                      'does not: the stage cannot resume on other labels')
+            raw, conf = st.predict_labels(self.net, frames, int(self.t['batch_size']) * 2,
+                                          self.device)
+            thresholds = st.class_thresholds(raw, conf, self.model_cfg.num_classes,
+                                             float(self.t['self_train_keep']),
+                                             float(self.loss_cfg['pseudo_threshold']))
+            labels = st.select(raw, conf, thresholds)
+            if self.is_main:
+                st.save_labels(path, labels, thresholds, names)
+            self._log(f'[self_train] labelled {len(labels)} real frames, kept '
+                      f'{float(np.mean(labels != 255)):.1%} of the pixels; class thresholds '
+                      + ' '.join(f'{t:.2f}' for t in thresholds))
+        self._datasets['pseudo'] = st.PseudoLabelled(frames, labels, self.seed)
 
     @torch.no_grad()
     def fit_head_prior(self, stage, name):
@@ -431,7 +504,7 @@ class Trainer:
 
     def _loop(self, stage, module, opt, loaders, weights, spe, start, total, extra):
         names = list(weights)
-        batch = int(self.t['batch_size'])
+        batch = self._batch(stage)
         per_step = batch * self.world * len(loaders)
         log_every, ckpt_every = int(self.t['log_every']), int(self.t['ckpt_every'])
         clip = float(self.t['grad_clip'])
@@ -450,6 +523,7 @@ class Trainer:
         autocast = torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.use_bf16) \
             if self.device.type == 'cuda' else torch.autocast('cpu', enabled=False)
         source_steps = self._source_steps() if stage == 'stage2' else 0
+        lr_cfg = self._lr_config(stage)
         loss_module = getattr(module, 'module', module)   # under DDP, the wrapped StageLoss
         averaged = getattr(self.net, 'averaged', None) if stage != 'stage1' else None
         average_from = average_start(self.t, total)
@@ -473,7 +547,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             total_loss.backward()
             for group in opt.param_groups:   # a function of the step: resume-exact
-                group['lr'] = lr_at(self.t, step, total)
+                group['lr'] = lr_at(lr_cfg, step, total)
             if clip > 0:
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups
                                                 for p in g['params']], clip)
@@ -647,6 +721,8 @@ class Trainer:
     def run(self, stage='all'):
         """Train every stage of the plan, export ``RUN/export``; return a summary dict."""
         plan = stage_plan(self.method, stage)
+        if self._self_train_steps() and plan == ['supervised']:
+            plan = plan + ['self_train']
         old = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:

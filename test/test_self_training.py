@@ -1,0 +1,179 @@
+# Copyright 2026 sim2real_perception maintainers
+# Licensed under the Apache License, Version 2.0
+"""train.self_train_steps: sim_only labels the real frames once and trains on them."""
+import csv
+import json
+import math
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from sim2real_perception.config import load_config
+from sim2real_perception.model_io import load_depth_seg_net
+from sim2real_perception.onnx_export import export_onnx, parity_check
+from training import compare, losses, train
+from training import self_training as st
+
+
+def test_class_thresholds_keep_each_class_s_most_confident_share():
+    labels = np.array([[0, 0, 0, 0], [1, 1, 3, 3]], np.uint8)
+    conf = np.array([[0.25, 0.5, 0.75, 0.875], [0.9375, 0.96875, 0.5, 0.5]], np.float16)
+    t = st.class_thresholds(labels, conf, num_classes=4, keep=0.5, cap=0.9)
+    # class 0: the upper half of 0.25 .. 0.875 starts at 0.75; class 1: both above the cap,
+    # so the cap; class 2: never predicted, the cap; class 3: a tie, both kept.
+    assert t.tolist() == pytest.approx([0.75, 0.9, 0.9, 0.5])
+    kept = st.select(labels, conf, t)
+    assert kept.tolist() == [[255, 255, 0, 0], [1, 1, 3, 3]]
+    everything = st.select(labels, conf, st.class_thresholds(labels, conf, 4, 1.0, 0.9))
+    assert np.array_equal(everything, labels)
+    with pytest.raises(ValueError, match='self_train_keep'):
+        st.class_thresholds(labels, conf, 4, 0.0, 0.9)
+
+
+def test_labels_file_round_trip_holds_plain_arrays_for_the_same_frames(tmp_path):
+    labels = np.random.default_rng(0).integers(0, 12, (3, 4, 5)).astype(np.uint8)
+    path = tmp_path / st.LABELS_FILE
+    st.save_labels(path, labels, np.full(12, 0.5), ['a', 'b', 'c'])
+    with np.load(path, allow_pickle=False) as f:   # nothing in it needs unpickling
+        assert {k: f[k].dtype.kind for k in f.files} == {
+            'labels': 'u', 'thresholds': 'f', 'names': 'U'}
+    got, thresholds = st.load_labels(path, ['a', 'b', 'c'])
+    assert np.array_equal(got, labels) and thresholds.tolist() == [0.5] * 12
+    with pytest.raises(ValueError, match='delete it to relabel'):
+        st.load_labels(path, ['a', 'b', 'x'])
+
+
+def test_pseudo_labelled_frames_flip_image_and_labels_together():
+    image = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
+    frames = [{'image': image[i], 'depth': torch.ones(1, 4, 6), 'name': f'f{i}'}
+              for i in range(2)]
+    labels = np.tile(np.arange(6, dtype=np.uint8), (2, 4, 1))
+    ds = st.PseudoLabelled(frames, labels, seed=1)
+    flips = set()
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        flipped = bool(item['labels'][0, 0] == 5)
+        flips.add(flipped)
+        want = image[0].flip(-1) if flipped else image[0]
+        assert torch.equal(item['image'], want)
+        assert item['has_labels'] and not item['has_depth'] and not item['depth'].any()
+        assert torch.equal(ds[0]['labels'], item['labels'])   # seeded by (epoch, index)
+    assert flips == {True, False}
+    with pytest.raises(ValueError, match='label maps'):
+        st.PseudoLabelled(frames, labels[:1])
+
+
+def test_self_train_terms_learn_the_given_real_labels():
+    cfg = load_config('test')
+    from sim2real_perception.model import ModelConfig, TwinVAE
+    mc = ModelConfig.from_dict(cfg['model'])
+    torch.manual_seed(0)
+    net = TwinVAE(mc)
+    sim = {'image': torch.rand(2, 3, 128, 128) * 2 - 1, 'depth': torch.full((2, 1, 128, 128), 9.0),
+           'labels': torch.zeros(2, 128, 128, dtype=torch.long)}
+    real = {'image': torch.rand(2, 3, 128, 128) * 2 - 1,
+            'labels': torch.full((2, 128, 128), 255, dtype=torch.long)}
+    real['labels'][:, :64] = 7
+    terms, _ = losses.self_train_terms(net, sim, real, mc)
+    assert list(terms) == list(losses.SELF_TRAIN_TERMS)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    first = float(terms['self_train_ce'].detach())
+    for _ in range(15):
+        terms, _ = losses.self_train_terms(net, sim, real, mc)
+        opt.zero_grad()
+        sum(terms.values()).backward()
+        opt.step()
+    assert float(terms['self_train_ce'].detach()) < 0.5 * first  # class 7, upper half
+
+
+def _sets(tiny_data, steps=3, extra=()):
+    return [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')] + [
+        f'data.{k}.val_fraction=0.25' for k in ('sim', 'real', 'eval')] + [
+        'train.supervised_steps=3', f'train.self_train_steps={steps}', 'train.prior_frames=4',
+        'train.ckpt_every=1', 'train.monitor_frames=0', *extra]
+
+
+def _export(summary):
+    net = load_depth_seg_net(summary['export_dir'])[0]
+    return {n: t.clone() for n, t in net.state_dict().items()}
+
+
+def test_sim_only_self_trains_after_its_supervised_steps_and_resumes(
+        tiny_data, tmp_path, monkeypatch):
+    calls = []
+    original = losses.self_train_terms
+
+    def counting(*args, **kwargs):
+        calls.append(args[2]['labels'])
+        return original(*args, **kwargs)
+    monkeypatch.setattr(losses, 'self_train_terms', counting)
+    trainer = train.Trainer(load_config('test', _sets(tiny_data)), tmp_path / 'a', 'sim_only')
+    whole = trainer.run('all')
+    trainer.close()
+    assert whole['steps'] == {'supervised': 3, 'self_train': 3} and len(calls) == 3
+    saved = np.load(tmp_path / 'a' / st.LABELS_FILE, allow_pickle=False)
+    assert saved['labels'].shape[0] == 6   # the real train split: 2 sequences x 3 frames
+    assert ((saved['labels'] != 255).mean()) > 0.4   # about half of each class, or more
+    assert all(((b == 255) | (b < 12)).all() for b in calls)
+    with open(tmp_path / 'a' / 'logs' / 'self_train.csv') as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and all(math.isfinite(float(r['self_train_ce'])) for r in rows)
+    assert float(rows[0]['lr']) == pytest.approx(1e-3)   # a new cycle from self_train_lr
+    supervised = train.Trainer(load_config('test', _sets(tiny_data, 0)), tmp_path / 'c',
+                               'sim_only')
+    plain = _export(supervised.run('all'))
+    supervised.close()
+    exported = _export(whole)
+    assert any(not torch.equal(plain[k], exported[k]) for k in plain)   # the stage trained
+
+    # Stopped after the first self-training step, resumed: the same labels, the same export.
+    first = train.Trainer(load_config('test', _sets(tiny_data)), tmp_path / 'b', 'sim_only')
+
+    def stop_at_first(*args, **kwargs):
+        first.stop_signal = signal.SIGTERM
+        return original(*args, **kwargs)
+    monkeypatch.setattr(losses, 'self_train_terms', stop_at_first)
+    with pytest.raises(SystemExit):
+        first.run('all')
+    first.close()
+    monkeypatch.setattr(losses, 'self_train_terms', original)
+    resumed = train.Trainer(load_config('test', _sets(tiny_data)), tmp_path / 'b', 'sim_only',
+                            resume=True)
+    again = resumed.run('all')
+    resumed.close()
+    assert np.array_equal(np.load(tmp_path / 'b' / st.LABELS_FILE)['labels'], saved['labels'])
+    for name, value in _export(again).items():
+        torch.testing.assert_close(value, exported[name], atol=1e-5, rtol=1e-4)
+
+    # The export is the deployed network as ever: ONNX with parity.
+    onnx = export_onnx(whole['export_dir'])
+    max_err, same = parity_check(whole['export_dir'], onnx)
+    assert max_err < 1e-2 and same > 0.97
+
+
+def test_self_training_is_sim_only_and_checked_at_start_up(tiny_data, tmp_path):
+    for method in ('oracle', 'twin_vae'):
+        assert train.main(['--config', 'test', '--run-dir', str(tmp_path / method),
+                           '--method', method, '--set', *_sets(tiny_data)]) == 2
+    for bad in (['train.self_train_steps=-1'], ['train.self_train_lr=0'],
+                ['train.weight_average=0.5']):
+        assert train.main(['--config', 'test', '--run-dir', str(tmp_path / 'bad'), '--method',
+                           'sim_only', '--set', *_sets(tiny_data, extra=bad)]) == 2
+
+
+def test_compare_counts_the_real_frames_of_a_self_training_sim_only_run():
+    def request(steps, real_root='r'):
+        cfg = json.loads(json.dumps(load_config('test', [f'train.self_train_steps={steps}'])))
+        cfg['data']['real']['root'] = real_root
+        return {'method': 'sim_only', 'seed': 0, 'config': cfg}
+    plain = compare.relevant_request(request(0))
+    assert 'real' not in plain['config']['data']
+    assert 'self_train_lr' not in plain['config']['train']
+    kept = compare.relevant_request(request(5))
+    assert kept['config']['data']['real']['root'] == 'r'
+    assert kept['config']['loss']['pseudo_threshold'] == 0.9
+    assert compare._differences(kept, compare.relevant_request(request(5, 'other')))
+    assert not compare._differences(plain, compare.relevant_request(request(0, 'other')))
