@@ -39,6 +39,16 @@ def test_best_adapted_row_never_is_an_oracle_or_floor_variant():
     assert bt.targets(methods, bt.gap_fractions(methods))['best_adapted'] == 'oracle_l1'
 
 
+def test_rows_over_the_budget_are_shown_marked_and_never_the_best():
+    over = bt.OVER_BUDGET[-1]
+    rows = {**ROWS, over: (0.21, 0.42, 0.01, 0.01)}   # would be the best row
+    methods = _methods(rows)
+    trained_as = {'oracle_l1': 'oracle', over: 'sim_only'}
+    assert bt.targets(methods, bt.gap_fractions(methods), trained_as)['best_adapted'] == 'twin'
+    assert bt.shown_name(over) == f'{over} (over budget)' and bt.shown_name('twin') == 'twin'
+    assert all(name in [r[0] for r in bt.ROWS] for name in bt.OVER_BUDGET)
+
+
 def test_best_adapted_beating_the_floor_skips_rows_worse_than_a_constant():
     rows = {**ROWS, 'good': (0.19, 0.33, 0.01, 0.01)}   # beats the floor (0.20, 0.24)
     methods = _methods(rows)

@@ -190,6 +190,11 @@ def test_baselines_get_their_own_step_budget(first):
     assert main_job.method_sets('sim_only_region_kitti', 300) == [
         'data.sim.region_aug=1.0', 'data.sim.relabel={van: car}']
     assert main_job.DEFAULT_MODEL in main_job.RECIPES
+    # A self-training recipe keeps its steps, except in --quick (the test preset's few).
+    full = main_job.method_sets('sim_only_region_kitti_st', 300)
+    assert 'train.self_train_steps=250' in full and main_job.QUICK_SELF_TRAIN not in full
+    assert main_job.method_sets('sim_only_region_kitti_st', 0, quick=True)[-1] == \
+        main_job.QUICK_SELF_TRAIN
     workdir, _, _ = first
     meta = json.loads((workdir / 'runs' / 'sim_only' / 'export' / 'config.json').read_text())
     assert meta['metadata']['steps'] == {'supervised': 4}  # 0: the test preset's 4
