@@ -1,11 +1,11 @@
 """Offline self-training of a sim-trained baseline on its own labels of the real frames.
 
-After the sim-supervised stage, the network labels every real training frame once, keeps
-in each class only its most confident pixels, and trains on, with a new learning-rate
-cycle, on the labelled sim frames plus a re-rendered view of the real frames with those
-labels. Class-balanced selection (CBST, Zou et al. 2018) keeps the rare classes that a
-single confidence threshold would drop; labelling once from a finished network (not online,
-from a network still moving) is what made it pay here (docs/benchmarks.md).
+After the sim-supervised stage the network labels every real training frame once and keeps,
+in each class, only its most confident pixels. A new learning-rate cycle then trains it on
+the labelled sim frames plus a re-rendered view of the real frames with those labels.
+Class-balanced selection (CBST, Zou et al. 2018) keeps the rare classes that one confidence
+threshold would drop; labels made once by a finished network, not online by the network
+being trained, are what made it pay here (docs/benchmarks.md).
 
 The labels are saved in the run folder (``self_train/pseudo_labels.npz``, plain arrays, no
 pickle), so a resumed run trains on the same ones.
@@ -47,7 +47,7 @@ def predict_labels(net, frames, batch=8, device='cpu'):
 
 
 def class_thresholds(labels, conf, num_classes, keep, cap):
-    """Per-class confidence each kept pixel needs (CBST's class-balanced selection).
+    """Return the confidence each class's kept pixels need (CBST's class-balanced selection).
 
     Class ``c`` keeps the ``keep`` share of its most confident pixels, and every pixel at
     or above ``cap`` whatever the share: min(quantile_c(1 - keep), cap). Classes never
