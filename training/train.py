@@ -259,7 +259,7 @@ class Trainer:
         self.is_main = self.rank == 0
 
     def dataset(self, name):
-        """Build (once) a dataset: sim | real | eval_train | eval_val."""
+        """Build (once) a dataset: sim, sim_self_train, real, real_plain, eval_train, eval_val."""
         if name not in self._datasets:
             from .data import build_dataset
             h, w = self.model_cfg.height, self.model_cfg.width
@@ -268,12 +268,10 @@ class Trainer:
                 ds = build_dataset(data['sim'], 'train', h, w, True, self.seed)
             elif name == 'sim_self_train':   # other augmentation draws than stage 1's epochs
                 ds = build_dataset(data['sim'], 'train', h, w, True, self.seed + 7919)
-            elif name == 'real_plain':   # unaugmented, for the self-training labels
+            elif name in ('real', 'real_plain'):   # images only: no run reads real labels
                 real = {**data['real'], 'with_depth': False, 'with_labels': False}
-                ds = build_dataset(real, 'train', h, w, False, self.seed)
-            elif name == 'real':   # images only: twin_vae never reads real labels
-                real = {**data['real'], 'with_depth': False, 'with_labels': False}
-                ds = build_dataset(real, 'train', h, w, True, self.seed)
+                # real_plain: unaugmented, the frames the self_train stage labels
+                ds = build_dataset(real, 'train', h, w, name == 'real', self.seed)
             elif name == 'eval_train':
                 ds = build_dataset(data['eval'], 'train', h, w, True, self.seed)
             else:
