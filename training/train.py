@@ -312,13 +312,9 @@ class Trainer:
         return int(self.t['batch_size'])
 
     def _schedule(self, stage, sizes):
-        batch = self._batch(stage)
-        if stage == 'self_train':
-            return steps_per_epoch(sizes[0], batch, self.world), self._self_train_steps()
-        key = {'stage1': 'stage1', 'stage2': 'stage2', 'supervised': 'supervised'}[stage]
-        spe = steps_per_epoch(max(sizes), batch, self.world)
-        steps = int(self.t[f'{key}_steps'])
-        total = steps if steps > 0 else int(math.ceil(float(self.t[f'{key}_epochs']) * spe))
+        spe = steps_per_epoch(max(sizes), self._batch(stage), self.world)
+        steps = int(self.t[f'{stage}_steps'])   # self_train runs only when its steps are > 0
+        total = steps if steps > 0 else int(math.ceil(float(self.t[f'{stage}_epochs']) * spe))
         return spe, max(1, total)
 
     # --- checkpoints -----------------------------------------------------------------------
