@@ -158,3 +158,33 @@ def test_unseen_drives_are_scored_like_the_val_split_and_reported_beside_it():
     assert '| twin | 0.280 ± 0.010 | 0.370 ± 0.010 |' in unseen_part
     assert f"{gaps['twin']['miou']:.0%}" in unseen_part
     assert 'Validity (unseen drives):' in unseen_part
+
+
+def test_checkpoint_scores_reproduce_the_run_export(tmp_path):
+    """A run's last checkpoint, exported by analyse_checkpoints.py, scores as its export."""
+    import json
+    from analyse_checkpoints import main as analyse
+    from sim2real_perception.config import load_config
+    from training import train
+    from training.data.make_procedural import generate
+    from training.evaluate import evaluate_model
+    data = tmp_path / 'data'
+    generate(data, sim_frames=8, real_frames=8, height=128, width=128, seed=5,
+             frames_per_sequence=4, workers=1)
+    cfg = load_config('test', [f'data.{s}.root={data}' for s in ('sim', 'real', 'eval')]
+                      + ['data.eval.val_fraction=0.25', 'train.supervised_steps=3'])
+    summary = train.run(cfg, tmp_path / 'runs' / 'row_s0', method='sim_only')
+    out = tmp_path / 'results'
+    assert analyse(['--runs', str(tmp_path / 'runs'), '--rows', 'row', 'missing_row',
+                    '--seeds', '0', '--tags', 'supervised_last', 'no_such_tag',
+                    '--work', str(tmp_path / 'work'), '--results', str(out)]) == 0
+    report = json.loads((out / 'checkpoints.json').read_text())
+    [entry] = report['runs']
+    assert (entry['row'], entry['seed'], entry['tag'], entry['step']) == \
+        ('row', 0, 'supervised_last', 3)
+    direct = evaluate_model(summary['export_dir'], cfg['data']['eval'], 'val')
+    assert entry['abs_rel'] == pytest.approx(direct['depth']['abs_rel'], rel=1e-5)
+    assert entry['miou'] == pytest.approx(direct['segmentation']['miou'], abs=1e-3)
+    assert '| row | supervised_last | 1 |' in (out / 'checkpoints.md').read_text()
+    assert analyse(['--runs', str(tmp_path / 'runs'), '--rows', 'missing_row',
+                    '--work', str(tmp_path / 'work'), '--results', str(out)]) == 2

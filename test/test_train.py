@@ -44,6 +44,40 @@ def test_baselines_train_and_export(tiny_cfg, tmp_path, method):
                            trained.dec_depth.layers[-1][0].weight)
 
 
+class _CountingFrames:
+    """A dataset wrapper that records every frame read."""
+
+    def __init__(self, dataset):
+        self.dataset, self.reads = dataset, []
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.reads.append(index)
+        return self.dataset[index]
+
+
+def test_learning_curve_reads_its_frames_once(tiny_cfg, tmp_path):
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg['train'].update(supervised_steps=3, monitor_every=1, monitor_frames=2)
+    trainer = train.Trainer(cfg, tmp_path, 'sim_only')
+    frames = _CountingFrames(trainer.dataset('eval_val'))
+    trainer._datasets['eval_val'] = frames
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.close()
+    rows = (tmp_path / 'logs' / 'monitor.csv').read_text().splitlines()
+    assert rows[0] == 'stage,step,abs_rel,miou'
+    assert [r.split(',')[1] for r in rows[1:]] == ['1', '2', '3']
+    scores = [float(v) for r in rows[1:] for v in r.split(',')[2:]]
+    assert all(0.0 < v < 10.0 for v in scores)
+    # Four scorings (three steps and the epoch end), one read of each of the two frames.
+    assert len(frames.reads) == 2 and len(set(frames.reads)) == 2
+    assert summary['monitor']['supervised']['miou'] == float(rows[-1].split(',')[3])
+
+
 def test_stage_plan_rejects_bad_combinations():
     assert train.stage_plan('twin_vae', 'all') == ['stage1', 'stage2']
     assert train.stage_plan('twin_vae', '2') == ['stage2']

@@ -241,6 +241,7 @@ class Trainer:
         self.steps = {}
         self.monitor = {}
         self._datasets = {}
+        self._monitor_cache = (None, [])   # (frame count, frames) of _monitor_frames
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -650,6 +651,22 @@ class Trainer:
                 fh.write(f'{stage},{step},{metrics.get("abs_rel", "")},'
                          f'{metrics.get("miou", "")}\n')
 
+    def _monitor_frames(self, n):
+        """Return the monitor's ``n`` eval-val frames, read once: (uint8 HWC batch, item).
+
+        A learning curve scores them every ``train.monitor_every`` steps; reading and
+        resizing them again each time cost about as much as the forward passes.
+        """
+        if self._monitor_cache[0] != n:
+            ds = self.dataset('eval_val')
+            frames = []
+            for i in epoch_order(len(ds), self.seed, 99, 0)[:n].tolist():
+                item = ds[i]
+                u8 = ((item['image'] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+                frames.append((u8.permute(1, 2, 0)[None], item))
+            self._monitor_cache = (n, frames)
+        return self._monitor_cache[1]
+
     @torch.no_grad()
     def _monitor(self, stage):
         """Depth AbsRel / mIoU on a few eval-val frames (logged only; never selects)."""
@@ -657,17 +674,13 @@ class Trainer:
         if n <= 0 or not self.is_main:
             return {}
         from .metrics import DepthMetrics, SegMetrics
-        ds = self.dataset('eval_val')
-        idx = epoch_order(len(ds), self.seed, 99, 0)[:n].tolist()
         net = DepthSegNet.from_twin(self.net)
         was_training = self.net.training
         self.net.eval()
         dm, sm = DepthMetrics(max_depth=self.model_cfg.max_depth), \
             SegMetrics(self.model_cfg.num_classes)
-        for i in idx:
-            item = ds[i]
-            u8 = ((item['image'] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            depth, labels = net(u8.permute(1, 2, 0)[None].to(self.device))
+        for u8, item in self._monitor_frames(n):
+            depth, labels = net(u8.to(self.device))
             if item['has_depth']:
                 dm.update(depth[0].float().cpu().numpy(), item['depth'][0].numpy())
             if item['has_labels']:
