@@ -173,6 +173,20 @@ ROWS = (
      'over the budget (about 9.5 min a run): sim_only_region_kitti_st850_b2 from '
      "sim_only_region_kitti_bld's network (the best labels inside the budget) as the teacher; "
      "its supervised stage is that row's, so those checkpoints can be copied in and resumed"),
+    ('sim_only_region_kitti_bld_st850_r2', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
+      'train.self_train_steps=250', 'train.self_train_batch=2', 'train.self_train_sim=false'],
+     'over the budget: sim_only_region_kitti_bld_st850_b2 with self-training steps of the 2 '
+     'labelled real frames alone (train.self_train_sim false: half the cost of a step), the '
+     "screen of sim_only_region_kitti_bld_st700_r2; it resumes sim_only_region_kitti_bld's "
+     'copied checkpoints'),
+    ('sim_only_region_kitti_bld_st700_r2', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
+      'train.supervised_steps=700', 'train.self_train_steps=250', 'train.self_train_batch=2',
+      'train.self_train_sim=false'],
+     'variant: sim_only_region_kitti_bld in 700 steps, then 250 self-training steps of 2 '
+     'labelled real frames each (about 125 supervised steps\' cost), so the whole run costs '
+     'about the 850 steps of the other rows'),
     ('sim_only_region_kitti_swa', 'sim_only',
      ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.weight_average=0.5'],
      'variant: sim_only_region_kitti exporting the mean of the weights of its last 425 steps '
@@ -266,7 +280,7 @@ BASELINES = ('mean_prior', 'sim_only', 'oracle')
 #: Rows that train longer than the 8-minute budget: shown (marked), never a target's best row.
 OVER_BUDGET = ('self_train_region_kitti', 'sim_only_region_kitti_st850',
                'sim_only_region_kitti_st850_b2', 'sim_only_region_kitti_st850_b2_noreal',
-               'sim_only_region_kitti_bld_st850_b2')
+               'sim_only_region_kitti_bld_st850_b2', 'sim_only_region_kitti_bld_st850_r2')
 #: Virtual KITTI 2 clones KITTI's camera (height, pitch), so the sim camera here matches
 #: the real-style one: the gap left is appearance, the part adaptation can close.
 SIM_CAMERA = ('cam_height_m=1.65', 'pitch_deg=1.0')

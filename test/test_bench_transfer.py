@@ -188,3 +188,15 @@ def test_checkpoint_scores_reproduce_the_run_export(tmp_path):
     assert '| row | supervised_last | 1 |' in (out / 'checkpoints.md').read_text()
     assert analyse(['--runs', str(tmp_path / 'runs'), '--rows', 'missing_row',
                     '--work', str(tmp_path / 'work'), '--results', str(out)]) == 2
+
+
+def test_main_job_recipes_train_their_benchmark_rows():
+    from training.main_job import RECIPES
+    rows = {name: (method, tuple(sets)) for name, method, sets, _ in bt.ROWS}
+    row_of = {'twin_vae': 'twin_vae', 'sim_only_region': 'sim_only_region',
+              'sim_only_region_kitti': 'sim_only_region_kitti',
+              'sim_only_region_kitti_st': 'sim_only_region_kitti_st850_b2',
+              'sim_only_region_kitti_bld_st': 'sim_only_region_kitti_bld_st850_b2'}
+    assert set(row_of) == set(RECIPES)
+    for recipe, row in row_of.items():
+        assert RECIPES[recipe] == rows[row], recipe

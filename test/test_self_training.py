@@ -154,6 +154,39 @@ def test_sim_only_self_trains_after_its_supervised_steps_and_resumes(
     assert max_err < 1e-2 and same > 0.97
 
 
+def test_self_training_without_sim_frames_reads_only_the_labelled_real_ones(
+        tiny_data, tmp_path, monkeypatch):
+    seen = []
+    original = losses.self_train_terms
+
+    def recording(net, sim, real, *args, **kwargs):
+        seen.append((sim, real['labels'].shape[0]))
+        return original(net, sim, real, *args, **kwargs)
+    monkeypatch.setattr(losses, 'self_train_terms', recording)
+    sets = _sets(tiny_data, extra=['train.self_train_sim=false', 'train.self_train_batch=2'])
+    trainer = train.Trainer(load_config('test', sets), tmp_path, 'sim_only')
+    before = {}
+
+    def keep_supervised(*args, **kwargs):
+        if not before:   # the network as the supervised stage left it
+            before.update({k: v.clone() for k, v in trainer.net.state_dict().items()})
+        return recording(*args, **kwargs)
+    monkeypatch.setattr(losses, 'self_train_terms', keep_supervised)
+    summary = trainer.run('all')
+    trainer.close()
+    assert summary['steps'] == {'supervised': 3, 'self_train': 3}
+    assert seen == [(None, 2)] * 3   # no sim batch, two labelled real frames a step
+    with open(tmp_path / 'logs' / 'self_train.csv') as fh:
+        header = next(csv.reader(fh))
+    assert header[-1] == 'self_train_ce' and 'depth' not in header and 'ce' not in header
+    after = trainer.net.state_dict()
+    # Only the label path learns: the depth decoder has no target without sim frames.
+    depth_keys = [k for k in after if k.startswith('dec_depth.')]
+    seg_keys = [k for k in after if k.startswith('dec_seg.') and after[k].is_floating_point()]
+    assert depth_keys and all(torch.equal(before[k], after[k]) for k in depth_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in seg_keys)
+
+
 def test_self_training_is_sim_only_and_checked_at_start_up(tiny_data, tmp_path):
     for method in ('oracle', 'twin_vae'):
         assert train.main(['--config', 'test', '--run-dir', str(tmp_path / method),

@@ -471,8 +471,10 @@ def self_train_terms(net, sim_batch, real_batch, model_cfg, sky_as_far=True, dep
 
     The real frames are re-rendered (``strong_view``) so the network must give the labels it
     gave the clean frame to a differently photographed one; the mean runs over kept pixels.
+    Without ``sim_batch`` (``train.self_train_sim: false``) only that term is computed.
     """
-    terms, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm)
+    terms, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm) \
+        if sim_batch is not None else ({}, None)
     view = strong_view(real_batch['image'], strength)
     _, z, feats = net.encode_skips(view, 'real')
     terms['self_train_ce'] = seg_loss(net.decode(z, 'seg', feats), real_batch['labels'])

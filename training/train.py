@@ -87,8 +87,9 @@ class StageLoss(nn.Module):
                                        self.real_input, self.lean, self.pseudo,
                                        self.depth_norm, self.sim_encoder, self.source_only,
                                        self.ce_weight)
-        if self.stage == 'self_train':
-            return losses.self_train_terms(self.net, first, second, self.model_cfg,
+        if self.stage == 'self_train':   # (sim, real) or, without sim frames, (real,)
+            sim, real = (first, second) if second is not None else (None, first)
+            return losses.self_train_terms(self.net, sim, real, self.model_cfg,
                                            self.sky_as_far, self.depth_norm, self.strength)
         if self.style_mixer is not None:
             self.style_mixer.prepare(second['image'], first['image'].shape[0])
@@ -146,10 +147,12 @@ def set_trainable(net, stage, train_cfg, loss_cfg):
     return [p for p in net.parameters() if p.requires_grad]   # shared layers once
 
 
-def stage_weights(stage, loss_cfg):
+def stage_weights(stage, loss_cfg, train_cfg=None):
     """Return the ``loss.*`` weight of each of a stage's terms, in the documented order."""
     names = {'stage1': losses.STAGE1_TERMS, 'stage2': losses.STAGE2_TERMS,
              'supervised': losses.SUPERVISED_TERMS, 'self_train': losses.SELF_TRAIN_TERMS}[stage]
+    if stage == 'self_train' and not (train_cfg or {}).get('self_train_sim', True):
+        names = [k for k in names if k not in losses.SUPERVISED_TERMS]
     return {k: float(loss_cfg[k]) for k in names}
 
 
@@ -287,7 +290,8 @@ class Trainer:
         if stage == 'stage2':
             return [('sim', STREAM_SIM), ('real', STREAM_REAL)]
         if stage == 'self_train':
-            return [('sim_self_train', STREAM_SIM), ('pseudo', STREAM_PSEUDO)]
+            return ([('sim_self_train', STREAM_SIM)] if self.t['self_train_sim'] else []) + \
+                [('pseudo', STREAM_PSEUDO)]
         if self.method == 'sim_only':   # real frames only lend their feature statistics
             return [('sim', STREAM_SIM)] + ([('real', STREAM_REAL)] if self._style_mix() else [])
         return [('eval_train', STREAM_EVAL)]
@@ -393,7 +397,7 @@ class Trainer:
                 attach_average(self.net, self.t)
             torch.manual_seed(_seed_key(self.seed, 17, stage_index, self.rank))
         self.steps[stage] = total
-        weights = stage_weights(stage, self.loss_cfg)
+        weights = stage_weights(stage, self.loss_cfg, self.t)
         ce_weight = self.class_weights(stage, streams[0][0]) \
             if stage in ('stage2', 'supervised') else None
         mixer = None
