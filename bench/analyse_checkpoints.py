@@ -82,7 +82,8 @@ def find_checkpoints(runs, rows, seeds, tags):
 def main(argv=None):
     """Export, score, print and save the table."""
     args = build_parser().parse_args(argv)
-    from training.evaluate import eval_settings, evaluate_models, write_json
+    from bench.analyse_depth_errors import save_results
+    from training.evaluate import eval_settings, evaluate_models
     found = find_checkpoints(args.runs, args.rows, args.seeds, args.tags)
     if not found:
         print(f'error: no checkpoints {" ".join(args.tags)} under {args.runs} for rows '
@@ -117,14 +118,10 @@ def main(argv=None):
                                  f'{r["miou"]:.3f}' for r in runs)
             md.append(f'| {row} | {tag} | {len(runs)} | {mean["abs_rel"]:.3f} | '
                       f'{mean["miou"]:.3f} | {per_seed} |')
-    text = '\n'.join(md) + '\n'
-    print(text)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / 'checkpoints.json', report)
-    (out / 'checkpoints.md').write_text(
-        'Checkpoints of benchmark runs on the real-style val split (mean over seeds; '
-        f'`python bench/analyse_checkpoints.py --rows {" ".join(args.rows)}`):\n\n' + text)
+    save_results(args.results, 'checkpoints', report,
+                 'Checkpoints of benchmark runs on the real-style val split (mean over seeds; '
+                 f'`python bench/analyse_checkpoints.py --rows {" ".join(args.rows)}`):',
+                 '\n'.join(md) + '\n')
     return 0
 
 

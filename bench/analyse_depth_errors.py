@@ -134,6 +134,16 @@ def dataset_and_exports(args):
     return exports
 
 
+def save_results(results_dir, name, report, heading, table):
+    """Print ``table``; write ``<name>.json`` (``report``) and ``<name>.md`` (heading, table)."""
+    from training.evaluate import write_json
+    print(table)
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f'{name}.json', report)
+    (out / f'{name}.md').write_text(f'{heading}\n\n{table}')
+
+
 def valid_mask(gt, max_depth):
     """Scored pixels: finite ground truth in (MIN_DEPTH, max_depth), as training.metrics."""
     with np.errstate(invalid='ignore'):

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 from bench.analyse_depth_errors import (add_export_arguments,  # noqa: E402
-                                        dataset_and_exports)
+                                        dataset_and_exports, save_results)
 
 DEFAULT_ROWS = ('sim_only', 'oracle', 'sim_only_region', 'sim_only_region_kitti',
                 'sim_only_region_kitti_bld')
@@ -84,7 +84,6 @@ def main(argv=None):
     """Score both modes; print and save the table."""
     args = build_parser().parse_args(argv)
     from sim2real_perception.config import load_config
-    from training.evaluate import write_json
     exports = dataset_and_exports(args)
     if exports is None:
         return 2
@@ -104,14 +103,9 @@ def main(argv=None):
         md.append(f'| {row} | {len(seeds)} | {entry["plain"]["abs_rel"]:.3f} | '
                   f'{entry["flip"]["abs_rel"]:.3f} | {entry["plain"]["miou"]:.3f} | '
                   f'{entry["flip"]["miou"]:.3f} |')
-    text = '\n'.join(md) + '\n'
-    print(text)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / 'flip_average.json', report)
-    (out / 'flip_average.md').write_text(
-        'Test-time flip averaging on the real-style val split (mean over seeds; '
-        '`python bench/analyse_flip_average.py`):\n\n' + text)
+    save_results(args.results, 'flip_average', report,
+                 'Test-time flip averaging on the real-style val split (mean over seeds; '
+                 '`python bench/analyse_flip_average.py`):', '\n'.join(md) + '\n')
     return 0
 
 
