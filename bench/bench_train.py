@@ -49,7 +49,7 @@ def bench_stage(net, cfg, stage, batch, steps, device, bf16):
     teacher = attach_teacher(net, cfg['loss']) if stage == 'stage2' else None
     opt = torch.optim.Adam(set_trainable(net, stage, t, cfg['loss']), lr=1e-4)
     module = StageLoss(net, stage, mc, cfg['loss'], t['stage2_real_input'], t['stage2_lean'])
-    weights = stage_weights(stage, cfg['loss'])
+    weights = stage_weights(stage, cfg['loss'], t)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

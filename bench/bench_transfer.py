@@ -170,7 +170,8 @@ ROWS = (
     ('sim_only_region_kitti_bld_st850_b2', 'sim_only',
      ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
       'train.self_train_steps=250', 'train.self_train_batch=2'],
-     'over the budget (about 9.5 min a run): sim_only_region_kitti_st850_b2 from '
+     'over the budget (850 + 250 steps of a supervised step\'s cost, 436-628 s a run): '
+     'sim_only_region_kitti_st850_b2 from '
      "sim_only_region_kitti_bld's network (the best labels inside the budget) as the teacher; "
      "its supervised stage is that row's, so those checkpoints can be copied in and resumed"),
     ('sim_only_region_kitti_bld_st850_r2', 'sim_only',

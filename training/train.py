@@ -147,11 +147,11 @@ def set_trainable(net, stage, train_cfg, loss_cfg):
     return [p for p in net.parameters() if p.requires_grad]   # shared layers once
 
 
-def stage_weights(stage, loss_cfg, train_cfg=None):
+def stage_weights(stage, loss_cfg, train_cfg):
     """Return the ``loss.*`` weight of each of a stage's terms, in the documented order."""
     names = {'stage1': losses.STAGE1_TERMS, 'stage2': losses.STAGE2_TERMS,
              'supervised': losses.SUPERVISED_TERMS, 'self_train': losses.SELF_TRAIN_TERMS}[stage]
-    if stage == 'self_train' and not (train_cfg or {}).get('self_train_sim', True):
+    if stage == 'self_train' and not train_cfg['self_train_sim']:   # no sim batch: no sim terms
         names = [k for k in names if k not in losses.SUPERVISED_TERMS]
     return {k: float(loss_cfg[k]) for k in names}
 
@@ -244,7 +244,7 @@ class Trainer:
         self.steps = {}
         self.monitor = {}
         self._datasets = {}
-        self._monitor_cache = (None, [])   # (frame count, frames) of _monitor_frames
+        self._monitor_items = None   # the monitor's frames, read once (_monitor_frames)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -655,21 +655,20 @@ class Trainer:
                 fh.write(f'{stage},{step},{metrics.get("abs_rel", "")},'
                          f'{metrics.get("miou", "")}\n')
 
-    def _monitor_frames(self, n):
-        """Return the monitor's ``n`` eval-val frames, read once: (uint8 HWC batch, item).
+    def _monitor_frames(self):
+        """Return the monitor's eval-val frames, read once: [(uint8 HWC batch, item)].
 
         A learning curve scores them every ``train.monitor_every`` steps; reading and
         resizing them again each time cost about as much as the forward passes.
         """
-        if self._monitor_cache[0] != n:
+        if self._monitor_items is None:
             ds = self.dataset('eval_val')
-            frames = []
-            for i in epoch_order(len(ds), self.seed, 99, 0)[:n].tolist():
-                item = ds[i]
+            self._monitor_items = []
+            for i in epoch_order(len(ds), self.seed, 99, 0)[:int(self.t['monitor_frames'])]:
+                item = ds[int(i)]
                 u8 = ((item['image'] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-                frames.append((u8.permute(1, 2, 0)[None], item))
-            self._monitor_cache = (n, frames)
-        return self._monitor_cache[1]
+                self._monitor_items.append((u8.permute(1, 2, 0)[None], item))
+        return self._monitor_items
 
     @torch.no_grad()
     def _monitor(self, stage):
@@ -683,7 +682,7 @@ class Trainer:
         self.net.eval()
         dm, sm = DepthMetrics(max_depth=self.model_cfg.max_depth), \
             SegMetrics(self.model_cfg.num_classes)
-        for u8, item in self._monitor_frames(n):
+        for u8, item in self._monitor_frames():
             depth, labels = net(u8.to(self.device))
             if item['has_depth']:
                 dm.update(depth[0].float().cpu().numpy(), item['depth'][0].numpy())
