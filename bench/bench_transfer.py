@@ -9,7 +9,8 @@ figure. Rows: the ``mean_prior`` floor, ``sim_only`` (no adaptation), ``oracle``
 the project's variants. The benchmark checks its own validity (every learned row beats the
 floor; the oracle is separated from sim_only by more than three seed stds; a domain gap
 exists) and prints the targets of issue 10. Finished runs are reused (``--retrain`` redoes
-them). See docs/benchmarks.md.
+them); ``--reuse`` carries rows over from an earlier results JSON, so a new row can join the
+table on a machine that does not hold the old runs. See docs/benchmarks.md.
 """
 import argparse
 import json
@@ -324,6 +325,11 @@ def build_parser():
     p.add_argument('--no-unseen', action='store_true',
                    help='skip scoring every run on real-style drives no run trained on '
                         '(--out/data_unseen; about a second per model and seed)')
+    p.add_argument('--reuse', metavar='JSON', default=None,
+                   help="an earlier bench_transfer.json: rows with no finished run in --out "
+                        'whose definition, preset and data are unchanged take its recorded '
+                        'runs instead of training again (marked in the tables); a row it '
+                        'lacks any seed or split of is trained')
     return p
 
 
@@ -346,17 +352,44 @@ def with_variations_root(out, spec, rows):
             for name, method, extra, what in rows]
 
 
+def reusable_runs(path, rows, seeds, splits, config, spec, out):
+    """Return ({row: its recorded runs}, the JSON) of the rows ``--reuse`` can carry over.
+
+    A row is carried over when ``out`` holds no finished run of it, the JSON was made with
+    the same preset and data and defines the row the same way (method and overrides), and
+    it records every (seed, split) asked for. Its records keep their figures and wall time.
+    """
+    prev = json.loads(Path(path).read_text())
+    same_data = json.loads(json.dumps(spec)) == prev.get('data')
+    if prev.get('config') != config or not same_data:
+        return {}, prev
+    runs_dir = Path(out) / 'compare' / 'runs'
+    carried = {}
+    for name, method, extra, _ in rows:
+        defined = prev.get('rows', {}).get(name)
+        if defined is None or defined.get('method') != method or \
+                list(defined.get('overrides', [])) != list(extra):
+            continue
+        if any(_finished(runs_dir / f'{name}_s{seed}') for seed in seeds):
+            continue
+        mine = [r for r in prev.get('runs', []) if r['method'] == name
+                and r['seed'] in seeds and r['split'] in splits]
+        if {(r['seed'], r['split']) for r in mine} == {(a, b) for a in seeds for b in splits}:
+            carried[name] = [{**r, 'reused_from': prev.get('created')} for r in mine]
+    return carried, prev
+
+
+def _finished(run_dir):
+    try:
+        return bool(json.loads((run_dir / 'compare_run.json').read_text()).get('done'))
+    except (OSError, ValueError):
+        return False
+
+
 def all_finished(out, rows, seed):
     """Return whether every row's run of ``seed`` has finished (nothing to train for it)."""
     runs = Path(out) / 'compare' / 'runs'
-    for name, *_ in rows:
-        record = runs / f'{name}_s{seed}' / 'compare_run.json'
-        try:
-            if not json.loads(record.read_text()).get('done'):
-                return False
-        except (OSError, ValueError):
-            return False
-    return True
+    return all(_finished(runs / f'{name}_s{seed}') for name, *_ in rows)
 
 
 def run_rows(args, data_dir, rows, seeds):
@@ -397,11 +430,14 @@ def split_stats(runs, name, split):
     return {m: _mean_std([r[m] for r in mine]) for m in METRICS}
 
 
-def collect(report, rows):
-    """Flatten compare.json into the benchmark's ``runs`` list and per-method statistics."""
+def collect(report, rows, carried=None):
+    """Flatten compare.json into the benchmark's ``runs`` list and per-method statistics.
+
+    ``carried``: row -> runs taken over from an earlier JSON (``reusable_runs``).
+    """
     runs = []
     gt_share = {}
-    for split, data in report['splits'].items():
+    for split, data in report.get('splits', {}).items():
         for run_name, result in data['runs'].items():
             info = report['runs'][run_name]
             seg, depth = result.get('segmentation', {}), result.get('depth', {})
@@ -411,9 +447,11 @@ def collect(report, rows):
                          'label_change_share': seg.get('label_change_share'),
                          'wall_s': info.get('seconds')})
             gt_share[split] = seg.get('gt_label_change_share')
+    for name, records in (carried or {}).items():
+        runs += [r for r in records if r['split'] in ('real', 'sim')]
     methods = {}
     for name, *_ in rows:
-        methods[name] = {split: split_stats(runs, name, split) for split in report['splits']}
+        methods[name] = {split: split_stats(runs, name, split) for split in ('real', 'sim')}
         methods[name]['wall_s'] = _mean_std(
             [r['wall_s'] for r in runs if r['method'] == name and r['split'] == 'real'])
     return runs, methods, gt_share
@@ -566,6 +604,11 @@ def markdown(result):
     lines += ['', f'Ground truth label-change share: real {gt.get("real", math.nan):.3f}, '
               f'sim {gt.get("sim", math.nan):.3f}.', '']
     lines.append('Validity: ' + validity_line(result['validity']))
+    reused = result.get('reused')
+    if reused:
+        lines += ['', f'Carried over from {reused["from"]} ({reused["created"]}; the same '
+                  'row definitions, preset and data), not trained again: '
+                  + ', '.join(reused['rows']) + '.']
     unseen = result.get('unseen_drives')
     if unseen:
         lines += ['', f'Unseen drives: {unseen["frames"]} frames of {unseen["drives"]} '
@@ -650,16 +693,30 @@ def main(argv=None):
     t0 = time.perf_counter()
     data_dir = make_data(args.out, spec)
     rows = with_variations_root(args.out, spec, rows)
-    for seed in args.seeds[:-1]:   # seed by seed, so a partial run already holds results
-        if args.retrain or not all_finished(args.out, rows, seed):
-            run_rows(args, data_dir, rows, [seed])
-    report = run_rows(args, data_dir, rows, args.seeds)
-    runs, methods, gt_share = collect(report, rows)
+    splits = ('real', 'sim') if args.no_unseen else ('real', 'sim', 'unseen')
+    carried, prev = ({}, {}) if not args.reuse or args.retrain else reusable_runs(
+        args.reuse, rows, args.seeds, splits, args.config, spec, args.out)
+    trained = [r for r in rows if r[0] not in carried]
+    report = {}
+    if trained:
+        for seed in args.seeds[:-1]:   # seed by seed, so a partial run already holds results
+            if args.retrain or not all_finished(args.out, trained, seed):
+                run_rows(args, data_dir, trained, [seed])
+        report = run_rows(args, data_dir, trained, args.seeds)
+    runs, methods, gt_share = collect(report, rows, carried)
+    gt_share = gt_share or prev.get('gt_label_change_share', {})
     gaps = gap_fractions(methods)
     unseen = None
     if not args.no_unseen:
         trained_as = {r[0]: r[1] for r in rows}
-        unseen = score_unseen(args, rows, runs, methods, args.quick)
+        runs += [r for records in carried.values() for r in records if r['split'] == 'unseen']
+        if trained:
+            unseen = score_unseen(args, trained, runs, methods, args.quick)
+        else:
+            unseen = {k: v for k, v in (prev.get('unseen_drives') or {}).items()
+                      if k not in ('gap_closed', 'validity', 'targets')}
+            for name in methods:
+                methods[name]['unseen'] = split_stats(runs, name, 'unseen')
         view = on_split(methods, 'unseen')
         unseen_gaps = gap_fractions(view)
         unseen.update({'gap_closed': unseen_gaps, 'validity': validity(view),
@@ -677,6 +734,8 @@ def main(argv=None):
         'validity': validity(methods),
         'targets': targets(methods, gaps, {r[0]: r[1] for r in rows}),
         'unseen_drives': unseen,
+        'reused': {'from': str(args.reuse), 'created': prev.get('created'),
+                   'rows': sorted(carried)} if carried else None,
         'total_s': time.perf_counter() - t0,
     }
     results = Path(args.results)
@@ -686,8 +745,11 @@ def main(argv=None):
     shipped = result['targets'].get('best_adapted_beating_floor')
     shown = dict.fromkeys(n for n in ('sim_only', 'oracle', best, shipped, 'twin_vae')
                           if n and n in result['rows'])   # and the twin-VAE default
-    fig = curves(args.out, list(shown), results / f'{stem}_curves.png', args.seeds)
-    result['curves_png'] = str(fig) if fig else None
+    if any(n in carried for n in shown):   # their logs are not here: keep the old figure
+        result['curves_png'] = prev.get('curves_png')
+    else:
+        fig = curves(args.out, list(shown), results / f'{stem}_curves.png', args.seeds)
+        result['curves_png'] = str(fig) if fig else None
     (results / f'{stem}.json').write_text(json.dumps(result, indent=1, default=str))
     (results / f'{stem}.md').write_text(markdown(result))
     print(markdown(result))

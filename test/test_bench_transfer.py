@@ -1,4 +1,5 @@
 """The transfer benchmark's arithmetic: gap fractions, validity checks, the adapted-row rule."""
+import json
 import math
 import sys
 from pathlib import Path
@@ -200,3 +201,72 @@ def test_main_job_recipes_train_their_benchmark_rows():
     assert set(row_of) == set(RECIPES)
     for recipe, row in row_of.items():
         assert RECIPES[recipe] == rows[row], recipe
+
+
+def _recorded(rows, seeds, splits, config='test'):
+    """A results JSON as bench_transfer writes it, with made-up figures per run."""
+    runs = []
+    for i, (name, method, extra, _) in enumerate(rows):
+        for seed in seeds:
+            for split in splits:
+                runs.append({'method': name, 'seed': seed, 'split': split,
+                             'abs_rel': 0.30 - 0.01 * i + 0.001 * seed,
+                             'miou': 0.20 + 0.05 * i + 0.002 * seed, 'pixel_acc': 0.8,
+                             'label_change_share': 0.1, 'wall_s': 100.0 + seed})
+    return {'created': '2026-12-01T00:00:00Z', 'config': config,
+            'data': json.loads(json.dumps(bt.QUICK_DATA)),
+            'rows': {n: {'method': m, 'overrides': o, 'what': w} for n, m, o, w in rows},
+            'runs': runs, 'gt_label_change_share': {'real': 0.3, 'sim': 0.2},
+            'unseen_drives': {'root': 'x', 'drives': 2, 'frames_per_drive': 2, 'frames': 4},
+            'curves_png': 'old_curves.png'}
+
+
+def _rows(*names):
+    return [r for r in bt.ROWS if r[0] in names]
+
+
+def test_reuse_carries_over_only_rows_recorded_whole_with_the_same_definition(tmp_path):
+    rows = _rows('mean_prior', 'sim_only', 'oracle', 'twin_vae', 'sim_only_aug')
+    prev = _recorded(rows, [0, 1], ('real', 'sim', 'unseen'))
+    prev['rows']['twin_vae']['overrides'] = ['train.stage2_steps=7']   # defined otherwise
+    prev['runs'] = [r for r in prev['runs']   # sim_only_aug lacks seed 1's unseen run
+                    if not (r['method'] == 'sim_only_aug' and r['seed'] == 1
+                            and r['split'] == 'unseen')]
+    path = tmp_path / 'prev.json'
+    path.write_text(json.dumps(prev))
+    out = tmp_path / 'out'
+    args = (rows, [0, 1], ('real', 'sim', 'unseen'), 'test', bt.QUICK_DATA, out)
+    carried, _ = bt.reusable_runs(path, *args)
+    assert sorted(carried) == ['mean_prior', 'oracle', 'sim_only']
+    assert all(r['reused_from'] == prev['created'] for r in carried['oracle'])
+    assert len(carried['oracle']) == 6
+    # without the unseen split sim_only_aug is whole; a finished local run wins over the JSON
+    done = out / 'compare' / 'runs' / 'oracle_s1'
+    done.mkdir(parents=True)
+    (done / 'compare_run.json').write_text(json.dumps({'done': True}))
+    carried, _ = bt.reusable_runs(path, rows, [0, 1], ('real', 'sim'), 'test',
+                                  bt.QUICK_DATA, out)
+    assert sorted(carried) == ['mean_prior', 'sim_only', 'sim_only_aug']
+    # another preset or other data: nothing is carried over
+    assert bt.reusable_runs(path, rows, [0, 1], ('real',), 'cpu', bt.QUICK_DATA, out)[0] == {}
+    assert bt.reusable_runs(path, rows, [0, 1], ('real',), 'test', bt.DATA, out)[0] == {}
+
+
+def test_reused_rows_make_the_table_without_training(tmp_path):
+    rows = _rows('mean_prior', 'sim_only', 'oracle', 'twin_vae')
+    prev = _recorded(rows, [0, 1], ('real', 'sim', 'unseen'))
+    (tmp_path / 'prev.json').write_text(json.dumps(prev))
+    out, results = tmp_path / 'out', tmp_path / 'results'
+    assert bt.main(['--quick', '--rows', 'twin_vae', '--seeds', '0', '1', '--out', str(out),
+                    '--results', str(results), '--reuse', str(tmp_path / 'prev.json')]) == 0
+    assert not (out / 'compare').exists()   # nothing trained
+    result = json.loads((results / 'bench_transfer_quick.json').read_text())
+    assert result['reused']['rows'] == ['mean_prior', 'oracle', 'sim_only', 'twin_vae']
+    twin = result['methods']['twin_vae']
+    assert twin['real']['miou']['mean'] == pytest.approx(0.20 + 0.15 + 0.001)
+    assert twin['unseen']['abs_rel']['mean'] == pytest.approx(0.27 + 0.0005)
+    assert result['gap_closed']['twin_vae']['miou'] == pytest.approx(2.0)
+    assert result['curves_png'] == 'old_curves.png'
+    assert len(result['runs']) == 4 * 2 * 3
+    text = (results / 'bench_transfer_quick.md').read_text()
+    assert 'Carried over from' in text and 'not trained again' in text
