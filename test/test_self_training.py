@@ -187,12 +187,71 @@ def test_self_training_without_sim_frames_reads_only_the_labelled_real_ones(
     assert any(not torch.equal(before[k], after[k]) for k in seg_keys)
 
 
+def test_second_round_labels_with_the_network_the_first_round_left_and_resumes(
+        tiny_data, tmp_path, monkeypatch):
+    sets = _sets(tiny_data, steps=5, extra=['train.self_train_rounds=2',
+                                            'train.self_train_sim=false',
+                                            'train.self_train_batch=2'])
+    labelled = []
+    original = st.predict_labels
+
+    def recording(net, *args, **kwargs):
+        labelled.append({k: v.clone() for k, v in net.state_dict().items()})
+        return original(net, *args, **kwargs)
+    monkeypatch.setattr(st, 'predict_labels', recording)
+    trainer = train.Trainer(load_config('test', sets), tmp_path / 'a', 'sim_only')
+    whole = trainer.run('all')
+    trainer.close()
+    assert whole['stages'] == ['supervised', 'self_train', 'self_train_2']
+    assert whole['steps'] == {'supervised': 3, 'self_train': 2, 'self_train_2': 3}
+    assert len(labelled) == 2
+    # Round 2 labels with round 1's last weights, which differ from the supervised ones.
+    ckpt = tmp_path / 'a' / 'checkpoints'
+    round1 = train.Trainer(load_config('test', sets), tmp_path / 'a', 'sim_only')
+    from training.checkpoint import load_checkpoint
+    load_checkpoint(ckpt, 'self_train_last', round1.net)
+    for name, value in round1.net.state_dict().items():
+        assert torch.equal(labelled[1][name], value), name
+    assert any(not torch.equal(labelled[0][k], labelled[1][k]) for k in labelled[0])
+    round1.close()
+    for rnd in (1, 2):
+        assert (tmp_path / 'a' / st.labels_file(rnd)).is_file()
+    with open(tmp_path / 'a' / 'logs' / 'self_train_2.csv') as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[0]['lr']) == pytest.approx(1e-3)   # each round its own cycle
+
+    # Stopped in round 2, resumed: round 2's labels are read back, the export is the same.
+    first = train.Trainer(load_config('test', sets), tmp_path / 'b', 'sim_only')
+    steps = []
+    original_terms = losses.self_train_terms
+
+    def stop_in_round_two(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            first.stop_signal = signal.SIGTERM
+        return original_terms(*args, **kwargs)
+    monkeypatch.setattr(losses, 'self_train_terms', stop_in_round_two)
+    with pytest.raises(SystemExit):
+        first.run('all')
+    first.close()
+    monkeypatch.setattr(losses, 'self_train_terms', original_terms)
+    labelled.clear()
+    resumed = train.Trainer(load_config('test', sets), tmp_path / 'b', 'sim_only', resume=True)
+    again = resumed.run('all')
+    resumed.close()
+    assert labelled == []   # both rounds' labels read back, none made again
+    exported = _export(whole)
+    for name, value in _export(again).items():
+        torch.testing.assert_close(value, exported[name], atol=1e-5, rtol=1e-4)
+
+
 def test_self_training_is_sim_only_and_checked_at_start_up(tiny_data, tmp_path):
     for method in ('oracle', 'twin_vae'):
         assert train.main(['--config', 'test', '--run-dir', str(tmp_path / method),
                            '--method', method, '--set', *_sets(tiny_data)]) == 2
     for bad in (['train.self_train_steps=-1'], ['train.self_train_lr=0'],
-                ['train.weight_average=0.5']):
+                ['train.weight_average=0.5'], ['train.self_train_rounds=0'],
+                ['train.self_train_rounds=4']):
         assert train.main(['--config', 'test', '--run-dir', str(tmp_path / 'bad'), '--method',
                            'sim_only', '--set', *_sets(tiny_data, extra=bad)]) == 2
 

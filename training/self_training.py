@@ -23,6 +23,11 @@ BINS = 1000
 LABELS_FILE = Path('self_train') / 'pseudo_labels.npz'
 
 
+def labels_file(round_=1):
+    """The run-relative file of a self-training round's labels (round 1: ``LABELS_FILE``)."""
+    return LABELS_FILE if round_ == 1 else LABELS_FILE.with_name(f'pseudo_labels_{round_}.npz')
+
+
 @torch.no_grad()
 def predict_labels(net, frames, batch=8, device='cpu'):
     """Return (labels, confidence) uint8/float16 arrays N x H x W of the real encoder + head.

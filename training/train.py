@@ -87,7 +87,7 @@ class StageLoss(nn.Module):
                                        self.real_input, self.lean, self.pseudo,
                                        self.depth_norm, self.sim_encoder, self.source_only,
                                        self.ce_weight)
-        if self.stage == 'self_train':   # (sim, real) or, without sim frames, (real,)
+        if is_self_train(self.stage):   # (sim, real) or, without sim frames, (real,)
             sim, real = (first, second) if second is not None else (None, first)
             return losses.self_train_terms(self.net, sim, real, self.model_cfg,
                                            self.sky_as_far, self.depth_norm, self.strength)
@@ -147,11 +147,23 @@ def set_trainable(net, stage, train_cfg, loss_cfg):
     return [p for p in net.parameters() if p.requires_grad]   # shared layers once
 
 
+def is_self_train(stage):
+    """Whether ``stage`` is a self-training round: ``self_train``, ``self_train_2``, ..."""
+    return stage == 'self_train' or stage.startswith('self_train_')
+
+
+def self_train_rounds(train_cfg):
+    """Stage names of sim_only's self-training rounds (``train.self_train_rounds``)."""
+    rounds = int(train_cfg.get('self_train_rounds', 1))
+    return ['self_train'] + [f'self_train_{r}' for r in range(2, rounds + 1)]
+
+
 def stage_weights(stage, loss_cfg, train_cfg):
     """Return the ``loss.*`` weight of each of a stage's terms, in the documented order."""
+    key = 'self_train' if is_self_train(stage) else stage
     names = {'stage1': losses.STAGE1_TERMS, 'stage2': losses.STAGE2_TERMS,
-             'supervised': losses.SUPERVISED_TERMS, 'self_train': losses.SELF_TRAIN_TERMS}[stage]
-    if stage == 'self_train' and not train_cfg['self_train_sim']:   # no sim batch: no sim terms
+             'supervised': losses.SUPERVISED_TERMS, 'self_train': losses.SELF_TRAIN_TERMS}[key]
+    if is_self_train(stage) and not train_cfg['self_train_sim']:   # no sim batch: no sim terms
         names = [k for k in names if k not in losses.SUPERVISED_TERMS]
     return {k: float(loss_cfg[k]) for k in names}
 
@@ -200,6 +212,11 @@ def check_train_config(t):
             not float(t.get('self_train_lr', 1.0)) > 0:
         raise ValueError('train.self_train_steps and train.self_train_batch must be >= 0, '
                          'train.self_train_lr > 0')
+    rounds = int(t.get('self_train_rounds', 1))
+    if rounds < 1 or (int(t.get('self_train_steps', 0)) and
+                      rounds > int(t.get('self_train_steps', 0))):
+        raise ValueError(f'train.self_train_rounds={rounds}: at least 1 and at most '
+                         'train.self_train_steps')
     if int(t.get('self_train_steps', 0)) and float(t.get('weight_average', 0.0)):
         raise ValueError('train.weight_average and train.self_train_steps: average one stage '
                          'or self-train after it, not both')
@@ -289,7 +306,7 @@ class Trainer:
             return [('real', STREAM_REAL), ('sim', STREAM_SIM)]
         if stage == 'stage2':
             return [('sim', STREAM_SIM), ('real', STREAM_REAL)]
-        if stage == 'self_train':
+        if is_self_train(stage):
             return ([('sim_self_train', STREAM_SIM)] if self.t['self_train_sim'] else []) + \
                 [('pseudo', STREAM_PSEUDO)]
         if self.method == 'sim_only':   # real frames only lend their feature statistics
@@ -304,21 +321,29 @@ class Trainer:
         """Return ``train.self_train_steps``: sim_only's self-training stage (0 = none)."""
         return int(self.t.get('self_train_steps', 0))
 
+    def _round_steps(self, stage):
+        """Return one self-training round's steps: an even split, the remainder to the last."""
+        rounds = self_train_rounds(self.t)
+        each = self._self_train_steps() // len(rounds)
+        last = self._self_train_steps() - each * (len(rounds) - 1)
+        return last if stage == rounds[-1] else each
+
     def _lr_config(self, stage):
         """Return the train section whose ``lr`` a stage's schedule starts from."""
-        if stage == 'self_train':
+        if is_self_train(stage):
             return {**self.t, 'lr': float(self.t['self_train_lr'])}
         return self.t
 
     def _batch(self, stage):
         """Frames per stream per step: ``train.self_train_batch`` in that stage, if set."""
-        if stage == 'self_train' and int(self.t.get('self_train_batch', 0)) > 0:
+        if is_self_train(stage) and int(self.t.get('self_train_batch', 0)) > 0:
             return int(self.t['self_train_batch'])
         return int(self.t['batch_size'])
 
     def _schedule(self, stage, sizes):
         spe = steps_per_epoch(max(sizes), self._batch(stage), self.world)
-        steps = int(self.t[f'{stage}_steps'])   # self_train runs only when its steps are > 0
+        steps = self._round_steps(stage) if is_self_train(stage) else \
+            int(self.t[f'{stage}_steps'])   # self_train runs only when its steps are > 0
         total = steps if steps > 0 else int(math.ceil(float(self.t[f'{stage}_epochs']) * spe))
         return spe, max(1, total)
 
@@ -343,8 +368,8 @@ class Trainer:
     def train_stage(self, stage, stage_index):
         """Train (or resume, or skip when complete) one stage; return its last record."""
         tag = f'{stage}_last'
-        if stage == 'self_train':
-            self.prepare_pseudo_labels()
+        if is_self_train(stage):
+            self.prepare_pseudo_labels(stage)
         params = set_trainable(self.net, stage, self.t, self.loss_cfg)
         betas = tuple(float(b) for b in self.t['betas'])
         opt = torch.optim.Adam(params, lr=float(self.t['lr']), betas=betas,
@@ -353,8 +378,8 @@ class Trainer:
         datasets = [self.dataset(name) for name, _ in streams]
         sizes = [len(d) for d in datasets]
         # A baseline's epochs are those of its labelled frames (style mixing adds real ones).
-        spe, total = self._schedule(stage, sizes[:1] if stage in ('supervised', 'self_train')
-                                    else sizes)
+        labelled_only = stage == 'supervised' or is_self_train(stage)
+        spe, total = self._schedule(stage, sizes[:1] if labelled_only else sizes)
         start, extra = 0, {'epoch_loss': [0.0, 0], 'best_loss': None}
         record = read_record(self.ckpt_dir, tag) if self.resume else None
         if record is not None and stage == 'stage2':
@@ -389,7 +414,7 @@ class Trainer:
                 load_checkpoint(self.ckpt_dir, 'stage1_last', self.net)
                 self.last_good = self.ckpt_dir / 'stage1_last.json'
                 self._log(f'[stage2] starting from {self.ckpt_dir / "stage1_last.json"}')
-            if self.net.prior is not None and stage not in ('stage1', 'self_train'):
+            if self.net.prior is not None and stage != 'stage1' and not is_self_train(stage):
                 self.fit_head_prior(stage, streams[0][0])
             if stage == 'stage2':
                 attach_teacher(self.net, self.loss_cfg)   # a copy of the start, prior fitted
@@ -420,22 +445,23 @@ class Trainer:
             if mixer is not None:
                 mixer.remove()
 
-    def prepare_pseudo_labels(self):
-        """Label the real training frames once for the self_train stage (or read them back).
+    def prepare_pseudo_labels(self, stage='self_train'):
+        """Label the real training frames for a self-training round (or read them back).
 
-        A resumed run reads ``RUN/self_train/pseudo_labels.npz``; a fresh stage labels the
-        frames with the network as the supervised stage left it.
+        A resumed run reads the round's ``RUN/self_train/pseudo_labels*.npz``; a fresh round
+        labels the frames with the network as the stage before it left it.
         """
         from . import self_training as st
         frames = self.dataset('real_plain')
         names = [frames.source.samples[i].name for i in frames.indices]
-        path = self.run_dir / st.LABELS_FILE
+        rnd = self_train_rounds(self.t).index(stage) + 1
+        path = self.run_dir / st.labels_file(rnd)
         if self.resume and path.is_file():
             labels, thresholds = st.load_labels(path, names)
-            self._log(f'[self_train] labels of {len(labels)} real frames read from {path}')
+            self._log(f'[{stage}] labels of {len(labels)} real frames read from {path}')
         else:
-            if self.resume and read_record(self.ckpt_dir, 'self_train_last') is not None:
-                raise CheckpointError(f'{self.ckpt_dir}/self_train_last.json exists but {path} '
+            if self.resume and read_record(self.ckpt_dir, f'{stage}_last') is not None:
+                raise CheckpointError(f'{self.ckpt_dir}/{stage}_last.json exists but {path} '
                                       'does not: the stage cannot resume on other labels')
             raw, conf = st.predict_labels(self.net, frames, int(self.t['batch_size']) * 2,
                                           self.device)
@@ -445,10 +471,11 @@ class Trainer:
             labels = st.select(raw, conf, thresholds)
             if self.is_main:
                 st.save_labels(path, labels, thresholds, names)
-            self._log(f'[self_train] labelled {len(labels)} real frames, kept '
+            self._log(f'[{stage}] labelled {len(labels)} real frames, kept '
                       f'{float(np.mean(labels != 255)):.1%} of the pixels; class thresholds '
                       + ' '.join(f'{t:.2f}' for t in thresholds))
-        self._datasets['pseudo'] = st.PseudoLabelled(frames, labels, self.seed)
+        self._datasets['pseudo'] = st.PseudoLabelled(frames, labels,
+                                                     self.seed + 1000 * (rnd - 1))
 
     @torch.no_grad()
     def fit_head_prior(self, stage, name):
@@ -732,7 +759,7 @@ class Trainer:
         """Train every stage of the plan, export ``RUN/export``; return a summary dict."""
         plan = stage_plan(self.method, stage)
         if self._self_train_steps() and plan == ['supervised']:
-            plan = plan + ['self_train']
+            plan = plan + self_train_rounds(self.t)
         old = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
