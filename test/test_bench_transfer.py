@@ -204,7 +204,7 @@ def test_main_job_recipes_train_their_benchmark_rows():
 
 
 def _recorded(rows, seeds, splits, config='test'):
-    """A results JSON as bench_transfer writes it, with made-up figures per run."""
+    """Return a results JSON as bench_transfer writes it, with made-up figures per run."""
     runs = []
     for i, (name, method, extra, _) in enumerate(rows):
         for seed in seeds:

@@ -24,7 +24,7 @@ LABELS_FILE = Path('self_train') / 'pseudo_labels.npz'
 
 
 def labels_file(round_=1):
-    """The run-relative file of a self-training round's labels (round 1: ``LABELS_FILE``)."""
+    """Return the run-relative file of a round's labels (round 1: ``LABELS_FILE``)."""
     return LABELS_FILE if round_ == 1 else LABELS_FILE.with_name(f'pseudo_labels_{round_}.npz')
 
 
