@@ -723,7 +723,7 @@ def main(argv=None):
                        'targets': targets(view, unseen_gaps, trained_as)})
     result = {
         'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-        'machine': {'cpu': platform.processor() or platform.machine(),
+        'machine': {'cpu': platform.processor() or platform.machine(), **cpu_model(),
                     'cpu_count': os.cpu_count(), 'torch_threads': os.environ.get(
                         'OMP_NUM_THREADS', 'default'), 'loadavg_start': os.getloadavg()[0]},
         'config': args.config, 'data': spec, 'seeds': args.seeds,
@@ -756,6 +756,22 @@ def main(argv=None):
     print('targets:', json.dumps(result['targets'], default=str))
     print(f'wrote {results / (stem + ".json")} ({result["total_s"] / 60:.1f} min)')
     return 0
+
+
+def cpu_model():
+    """Return the CPU's model name and whether it has AVX-512 (Linux; {} elsewhere).
+
+    Float rounding differs between CPUs, so a run's figures are only bit-reproducible on
+    the same kind of CPU; the results say which one made them.
+    """
+    try:
+        text = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(':', 1) for line in text.splitlines() if ':' in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return {'cpu_model': fields.get('model name'),
+            'avx512': 'avx512f' in fields.get('flags', '').split()}
 
 
 def _budget(config):

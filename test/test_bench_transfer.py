@@ -270,3 +270,12 @@ def test_reused_rows_make_the_table_without_training(tmp_path):
     assert len(result['runs']) == 4 * 2 * 3
     text = (results / 'bench_transfer_quick.md').read_text()
     assert 'Carried over from' in text and 'not trained again' in text
+
+
+def test_results_name_the_cpu_that_made_them():
+    info = bt.cpu_model()
+    if not Path('/proc/cpuinfo').is_file():
+        assert info == {}
+        return
+    assert isinstance(info['cpu_model'], str) and info['cpu_model']
+    assert isinstance(info['avx512'], bool)
