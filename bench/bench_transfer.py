@@ -326,10 +326,10 @@ def build_parser():
                    help='skip scoring every run on real-style drives no run trained on '
                         '(--out/data_unseen; about a second per model and seed)')
     p.add_argument('--reuse', metavar='JSON', default=None,
-                   help="an earlier bench_transfer.json: rows with no finished run in --out "
-                        'whose definition, preset and data are unchanged take its recorded '
-                        'runs instead of training again (marked in the tables); a row it '
-                        'lacks any seed or split of is trained')
+                   help="an earlier bench_transfer.json made on the same kind of CPU: rows "
+                        'with no finished run in --out whose definition, preset and data are '
+                        'unchanged take its recorded runs instead of training again (marked '
+                        'in the tables); a row it lacks any seed or split of is trained')
     return p
 
 
@@ -356,12 +356,20 @@ def reusable_runs(path, rows, seeds, splits, config, spec, out):
     """Return ({row: its recorded runs}, the JSON) of the rows ``--reuse`` can carry over.
 
     A row is carried over when ``out`` holds no finished run of it, the JSON was made with
-    the same preset and data and defines the row the same way (method and overrides), and
-    it records every (seed, split) asked for. Its records keep their figures and wall time.
+    the same preset and data on the same kind of CPU (``cpu_model``: another one rounds
+    otherwise, and the runs drift apart), defines the row the same way (method and
+    overrides), and records every (seed, split) asked for. Its records keep their figures
+    and wall time.
     """
     prev = json.loads(Path(path).read_text())
     same_data = json.loads(json.dumps(spec)) == prev.get('data')
     if prev.get('config') != config or not same_data:
+        print(f'--reuse {path}: another preset or other data; nothing carried over')
+        return {}, prev
+    here, there = cpu_model(), {k: prev.get('machine', {}).get(k) for k in cpu_model()}
+    if here != there:   # another CPU rounds otherwise: its runs are another sample
+        print(f'--reuse {path}: made on {there or "an unrecorded CPU"}, this is {here}; '
+              'nothing carried over')
         return {}, prev
     runs_dir = Path(out) / 'compare' / 'runs'
     carried = {}

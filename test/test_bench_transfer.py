@@ -217,6 +217,7 @@ def _recorded(rows, seeds, splits, config='test'):
             'data': json.loads(json.dumps(bt.QUICK_DATA)),
             'rows': {n: {'method': m, 'overrides': o, 'what': w} for n, m, o, w in rows},
             'runs': runs, 'gt_label_change_share': {'real': 0.3, 'sim': 0.2},
+            'machine': {'cpu': 'x86_64', **bt.cpu_model()},
             'unseen_drives': {'root': 'x', 'drives': 2, 'frames_per_drive': 2, 'frames': 4},
             'curves_png': 'old_curves.png'}
 
@@ -250,6 +251,10 @@ def test_reuse_carries_over_only_rows_recorded_whole_with_the_same_definition(tm
     # another preset or other data: nothing is carried over
     assert bt.reusable_runs(path, rows, [0, 1], ('real',), 'cpu', bt.QUICK_DATA, out)[0] == {}
     assert bt.reusable_runs(path, rows, [0, 1], ('real',), 'test', bt.DATA, out)[0] == {}
+    # another CPU (or one the JSON does not name): its runs are another sample, not these
+    prev['machine'] = {'cpu': 'x86_64', 'cpu_model': 'Another CPU', 'avx512': False}
+    path.write_text(json.dumps(prev))
+    assert bt.reusable_runs(path, rows, [0, 1], ('real',), 'test', bt.QUICK_DATA, out)[0] == {}
 
 
 def test_reused_rows_make_the_table_without_training(tmp_path):
