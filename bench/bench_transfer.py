@@ -189,6 +189,26 @@ ROWS = (
      'variant: sim_only_region_kitti_bld in 700 steps, then 250 self-training steps of 2 '
      'labelled real frames each (about 125 supervised steps\' cost), so the whole run costs '
      'about the 850 steps of the other rows'),
+    ('sim_only_region_kitti_bld_st700_r2_rounds2', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
+      'train.supervised_steps=700', 'train.self_train_steps=250', 'train.self_train_batch=2',
+      'train.self_train_sim=false', 'train.self_train_rounds=2'],
+     'over the budget (a second labelling pass, about 20 s): sim_only_region_kitti_bld_st700_r2 '
+     'in two rounds of 125 steps, the second labelling the real frames again with the network '
+     "the first left (train.self_train_rounds, CBST's rounds); it resumes that row's copied "
+     'supervised checkpoints'),
+    ('sim_only_region_kitti_bld_st700_r2_keep8', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
+      'train.supervised_steps=700', 'train.self_train_steps=250', 'train.self_train_batch=2',
+      'train.self_train_sim=false', 'train.self_train_keep=0.8'],
+     'ablation: sim_only_region_kitti_bld_st700_r2 keeping 80 % of each class\'s pixels as '
+     'labels instead of 50 % (more labels, noisier); same cost'),
+    ('sim_only_region_kitti_bld_st700_r2_lr3', 'sim_only',
+     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
+      'train.supervised_steps=700', 'train.self_train_steps=250', 'train.self_train_batch=2',
+      'train.self_train_sim=false', 'train.self_train_lr=3.0e-3'],
+     'ablation: sim_only_region_kitti_bld_st700_r2 with the self-training cycle from the '
+     "supervised stage's peak learning rate (3e-3) instead of 1e-3; same cost"),
     ('sim_only_region_kitti_swa', 'sim_only',
      ['data.sim.region_aug=1.0', KITTI_CLASSES, 'train.weight_average=0.5'],
      'variant: sim_only_region_kitti exporting the mean of the weights of its last 425 steps '
@@ -282,7 +302,8 @@ BASELINES = ('mean_prior', 'sim_only', 'oracle')
 #: Rows that train longer than the 8-minute budget: shown (marked), never a target's best row.
 OVER_BUDGET = ('self_train_region_kitti', 'sim_only_region_kitti_st850',
                'sim_only_region_kitti_st850_b2', 'sim_only_region_kitti_st850_b2_noreal',
-               'sim_only_region_kitti_bld_st850_b2', 'sim_only_region_kitti_bld_st850_r2')
+               'sim_only_region_kitti_bld_st850_b2', 'sim_only_region_kitti_bld_st850_r2',
+               'sim_only_region_kitti_bld_st700_r2_rounds2')
 #: Virtual KITTI 2 clones KITTI's camera (height, pitch), so the sim camera here matches
 #: the real-style one: the gap left is appearance, the part adaptation can close.
 SIM_CAMERA = ('cam_height_m=1.65', 'pitch_deg=1.0')

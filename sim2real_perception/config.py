@@ -6,6 +6,7 @@ typo that silently does nothing is the worst kind of configuration bug.
 """
 import copy
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -47,9 +48,24 @@ def resolve_preset(name_or_path):
                             f'the presets {presets})')
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1's safe loader, reading ``1e-4`` as a float as YAML 1.2 and Python do.
+
+    YAML 1.1 wants a dot in a float's mantissa, so ``--set train.lr=1e-4`` was the string
+    '1e-4': a config that recorded another type than its preset's and a run that only
+    worked where the reader called float().
+    """
+
+
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$'),
+    list('-+0123456789.'))
+
+
 def _read_yaml(path):
     with open(path, encoding='utf-8') as fh:
-        data = yaml.safe_load(fh) or {}
+        data = yaml.load(fh, Loader=_Loader) or {}
     if not isinstance(data, dict):
         raise ValueError(f'{path}: top level must be a mapping')
     return data
@@ -85,7 +101,7 @@ def parse_override(text):
     if '=' not in text:
         raise ValueError(f'override {text!r} must look like section.key=value')
     key, raw = text.split('=', 1)
-    return key.strip().split('.'), yaml.safe_load(raw)
+    return key.strip().split('.'), yaml.load(raw, Loader=_Loader)
 
 
 def apply_override(cfg, keys, value):

@@ -149,6 +149,17 @@ def test_unknown_config_key_is_rejected():
         load_config('cpu', ['model.widht=256'])
 
 
+def test_overrides_read_exponent_numbers_as_floats(tmp_path):
+    from sim2real_perception.config import parse_override
+    cfg = load_config('cpu', ['train.lr=3e-3', 'train.self_train_lr=1E-4'])
+    assert cfg['train']['lr'] == 0.003 and isinstance(cfg['train']['lr'], float)
+    assert cfg['train']['self_train_lr'] == 1e-4
+    assert parse_override('a=[2e-3, 1.5e2, 7, abc1e5]')[1] == [0.002, 150.0, 7, 'abc1e5']
+    preset = tmp_path / 'mine.yaml'
+    preset.write_text('train:\n  lr: 5e-4\n')
+    assert load_config(str(preset))['train']['lr'] == 5e-4
+
+
 def test_registry_and_presets():
     assert 'twin_vae' in list_models()
     for preset in ('paper', 'cpu', 'test'):
