@@ -96,6 +96,18 @@ def _sets(tiny_data, steps=3, extra=()):
         'train.ckpt_every=1', 'train.monitor_frames=0', *extra]
 
 
+def _stop_at_call(trainer, n, terms):
+    """Return ``terms`` that signals ``trainer()`` to stop at its ``n``-th call."""
+    calls = []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            trainer().stop_signal = signal.SIGTERM
+        return terms(*args, **kwargs)
+    return stopping
+
+
 def _export(summary):
     net = load_depth_seg_net(summary['export_dir'])[0]
     return {n: t.clone() for n, t in net.state_dict().items()}
@@ -132,10 +144,7 @@ def test_sim_only_self_trains_after_its_supervised_steps_and_resumes(
     # Stopped after the first self-training step, resumed: the same labels, the same export.
     first = train.Trainer(load_config('test', _sets(tiny_data)), tmp_path / 'b', 'sim_only')
 
-    def stop_at_first(*args, **kwargs):
-        first.stop_signal = signal.SIGTERM
-        return original(*args, **kwargs)
-    monkeypatch.setattr(losses, 'self_train_terms', stop_at_first)
+    monkeypatch.setattr(losses, 'self_train_terms', _stop_at_call(lambda: first, 1, original))
     with pytest.raises(SystemExit):
         first.run('all')
     first.close()
@@ -222,15 +231,9 @@ def test_second_round_labels_with_the_network_the_first_round_left_and_resumes(
 
     # Stopped in round 2, resumed: round 2's labels are read back, the export is the same.
     first = train.Trainer(load_config('test', sets), tmp_path / 'b', 'sim_only')
-    steps = []
     original_terms = losses.self_train_terms
-
-    def stop_in_round_two(*args, **kwargs):
-        steps.append(1)
-        if len(steps) == 3:
-            first.stop_signal = signal.SIGTERM
-        return original_terms(*args, **kwargs)
-    monkeypatch.setattr(losses, 'self_train_terms', stop_in_round_two)
+    monkeypatch.setattr(losses, 'self_train_terms',   # the first step of round 2
+                        _stop_at_call(lambda: first, 3, original_terms))
     with pytest.raises(SystemExit):
         first.run('all')
     first.close()
