@@ -70,6 +70,11 @@ WITH_VARIATIONS = [f'data.sim.root={VARS_ROOT}', 'data.sim.variations=[]']   # [
 #: The real-style frames follow KITTI's (Cityscapes') taxonomy, which has no van: the
 #: ``*_kitti`` rows train with VKITTI 2's vans read as car.
 KITTI_CLASSES = 'data.sim.relabel={van: car}'
+#: ``sim_only_region_kitti_bld_st700_r2``: 700 supervised steps of ``_bld``, then 250
+#: self-training steps on 2 labelled real frames each; its screens add one override.
+ST700_R2 = ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
+            'train.supervised_steps=700', 'train.self_train_steps=250',
+            'train.self_train_batch=2', 'train.self_train_sim=false']
 #: (row name, method, extra overrides, what it tests). Rows other than mean_prior, sim_only
 #: and oracle count as adapted methods for the gap targets. The baselines share the default
 #: network (skips, log depth, cosine lr) and depth loss: only adaptation differs.
@@ -183,30 +188,22 @@ ROWS = (
      "screen of sim_only_region_kitti_bld_st700_r2; it resumes sim_only_region_kitti_bld's "
      'copied checkpoints'),
     ('sim_only_region_kitti_bld_st700_r2', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
-      'train.supervised_steps=700', 'train.self_train_steps=250', 'train.self_train_batch=2',
-      'train.self_train_sim=false'],
+     ST700_R2,
      'variant: sim_only_region_kitti_bld in 700 steps, then 250 self-training steps of 2 '
      'labelled real frames each (about 125 supervised steps\' cost), so the whole run costs '
      'about the 850 steps of the other rows'),
     ('sim_only_region_kitti_bld_st700_r2_rounds2', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
-      'train.supervised_steps=700', 'train.self_train_steps=250', 'train.self_train_batch=2',
-      'train.self_train_sim=false', 'train.self_train_rounds=2'],
+     ST700_R2 + ['train.self_train_rounds=2'],
      'over the budget (a second labelling pass, about 20 s): sim_only_region_kitti_bld_st700_r2 '
      'in two rounds of 125 steps, the second labelling the real frames again with the network '
      "the first left (train.self_train_rounds, CBST's rounds); it resumes that row's copied "
      'supervised checkpoints'),
     ('sim_only_region_kitti_bld_st700_r2_keep8', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
-      'train.supervised_steps=700', 'train.self_train_steps=250', 'train.self_train_batch=2',
-      'train.self_train_sim=false', 'train.self_train_keep=0.8'],
+     ST700_R2 + ['train.self_train_keep=0.8'],
      'ablation: sim_only_region_kitti_bld_st700_r2 keeping 80 % of each class\'s pixels as '
      'labels instead of 50 % (more labels, noisier); same cost'),
     ('sim_only_region_kitti_bld_st700_r2_lr3', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
-      'train.supervised_steps=700', 'train.self_train_steps=250', 'train.self_train_batch=2',
-      'train.self_train_sim=false', 'train.self_train_lr=3.0e-3'],
+     ST700_R2 + ['train.self_train_lr=3.0e-3'],
      'ablation: sim_only_region_kitti_bld_st700_r2 with the self-training cycle from the '
      "supervised stage's peak learning rate (3e-3) instead of 1e-3; same cost"),
     ('sim_only_region_kitti_bld_st750_r2_keep8', 'sim_only',
@@ -394,7 +391,8 @@ def reusable_runs(path, rows, seeds, splits, config, spec, out):
     if prev.get('config') != config or not same_data:
         print(f'--reuse {path}: another preset or other data; nothing carried over')
         return {}, prev
-    here, there = cpu_model(), {k: prev.get('machine', {}).get(k) for k in cpu_model()}
+    here = cpu_model()
+    there = {k: prev.get('machine', {}).get(k) for k in here}
     if here != there:   # another CPU rounds otherwise: its runs are another sample
         print(f'--reuse {path}: made on {there or "an unrecorded CPU"}, this is {here}; '
               'nothing carried over')
