@@ -75,6 +75,8 @@ KITTI_CLASSES = 'data.sim.relabel={van: car}'
 ST700_R2 = ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
             'train.supervised_steps=700', 'train.self_train_steps=250',
             'train.self_train_batch=2', 'train.self_train_sim=false']
+#: ``sim_only_region_kitti_bld_st850_r2``: ``_bld``'s 850 steps, then the same self-training.
+ST850_R2 = [o for o in ST700_R2 if o != 'train.supervised_steps=700']
 #: (row name, method, extra overrides, what it tests). Rows other than mean_prior, sim_only
 #: and oracle count as adapted methods for the gap targets. The baselines share the default
 #: network (skips, log depth, cosine lr) and depth loss: only adaptation differs.
@@ -181,8 +183,7 @@ ROWS = (
      "sim_only_region_kitti_bld's network (the best labels inside the budget) as the teacher; "
      "its supervised stage is that row's, so those checkpoints can be copied in and resumed"),
     ('sim_only_region_kitti_bld_st850_r2', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
-      'train.self_train_steps=250', 'train.self_train_batch=2', 'train.self_train_sim=false'],
+     ST850_R2,
      'over the budget: sim_only_region_kitti_bld_st850_b2 with self-training steps of the 2 '
      'labelled real frames alone (train.self_train_sim false: half the cost of a step), the '
      "screen of sim_only_region_kitti_bld_st700_r2; it resumes sim_only_region_kitti_bld's "
@@ -206,6 +207,11 @@ ROWS = (
      ST700_R2 + ['train.self_train_lr=3.0e-3'],
      'ablation: sim_only_region_kitti_bld_st700_r2 with the self-training cycle from the '
      "supervised stage's peak learning rate (3e-3) instead of 1e-3; same cost"),
+    ('sim_only_region_kitti_bld_st850_r2_keep8', 'sim_only',
+     ST850_R2 + ['train.self_train_keep=0.8'],
+     'over the budget (the main job\'s recipe sim_only_region_kitti_bld_st_keep8, which has 15 '
+     'minutes): sim_only_region_kitti_bld_st850_r2 keeping 80 % of each class\'s pixels as '
+     "labels; it resumes sim_only_region_kitti_bld's copied checkpoints"),
     ('sim_only_region_kitti_bld_st750_r2_keep8', 'sim_only',
      ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
       'train.supervised_steps=750', 'train.self_train_steps=125', 'train.self_train_batch=2',
@@ -307,7 +313,8 @@ BASELINES = ('mean_prior', 'sim_only', 'oracle')
 OVER_BUDGET = ('self_train_region_kitti', 'sim_only_region_kitti_st850',
                'sim_only_region_kitti_st850_b2', 'sim_only_region_kitti_st850_b2_noreal',
                'sim_only_region_kitti_bld_st850_b2', 'sim_only_region_kitti_bld_st850_r2',
-               'sim_only_region_kitti_bld_st700_r2_rounds2')
+               'sim_only_region_kitti_bld_st700_r2_rounds2',
+               'sim_only_region_kitti_bld_st850_r2_keep8')
 #: Virtual KITTI 2 clones KITTI's camera (height, pitch), so the sim camera here matches
 #: the real-style one: the gap left is appearance, the part adaptation can close.
 SIM_CAMERA = ('cam_height_m=1.65', 'pitch_deg=1.0')
