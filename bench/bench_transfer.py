@@ -75,6 +75,8 @@ KITTI_CLASSES = 'data.sim.relabel={van: car}'
 ST700_R2 = ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
             'train.supervised_steps=700', 'train.self_train_steps=250',
             'train.self_train_batch=2', 'train.self_train_sim=false']
+#: The thin "thing" classes the copy-paste rows paste from sim frames into real ones.
+THINGS = '[car, truck, pole, traffic_sign, traffic_light, guard_rail]'
 #: ``sim_only_region_kitti_bld_st850_r2``: ``_bld``'s 850 steps, then the same self-training.
 ST850_R2 = [o for o in ST700_R2 if o != 'train.supervised_steps=700']
 #: (row name, method, extra overrides, what it tests). Rows other than mean_prior, sim_only
@@ -212,6 +214,18 @@ ROWS = (
      'over the budget (the main job\'s recipe sim_only_region_kitti_bld_st_keep8, which has 15 '
      'minutes): sim_only_region_kitti_bld_st850_r2 keeping 80 % of each class\'s pixels as '
      "labels; it resumes sim_only_region_kitti_bld's copied checkpoints"),
+    ('sim_only_region_kitti_bld_st700_r2_keep8_paste', 'sim_only',
+     ST700_R2 + ['train.self_train_keep=0.8', f'train.self_train_paste={THINGS}'],
+     'variant: sim_only_region_kitti_bld_st700_r2_keep8 with the sim frames\' cars, trucks, '
+     'poles, signs, lights and guard rails pasted with their labels onto each self-trained '
+     'real frame (train.self_train_paste, copy-paste): the thin classes the real frames\' own '
+     'labels miss get exact targets in a real context; the same steps, plus loading 2 sim '
+     'frames a step'),
+    ('sim_only_region_kitti_bld_st850_r2_keep8_paste', 'sim_only',
+     ST850_R2 + ['train.self_train_keep=0.8', f'train.self_train_paste={THINGS}'],
+     'over the budget: sim_only_region_kitti_bld_st850_r2_keep8 with the copy-paste of '
+     "sim_only_region_kitti_bld_st700_r2_keep8_paste; it resumes sim_only_region_kitti_bld's "
+     'copied checkpoints'),
     ('sim_only_region_kitti_bld_st750_r2_keep8', 'sim_only',
      ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
       'train.supervised_steps=750', 'train.self_train_steps=125', 'train.self_train_batch=2',
@@ -314,7 +328,8 @@ OVER_BUDGET = ('self_train_region_kitti', 'sim_only_region_kitti_st850',
                'sim_only_region_kitti_st850_b2', 'sim_only_region_kitti_st850_b2_noreal',
                'sim_only_region_kitti_bld_st850_b2', 'sim_only_region_kitti_bld_st850_r2',
                'sim_only_region_kitti_bld_st700_r2_rounds2',
-               'sim_only_region_kitti_bld_st850_r2_keep8')
+               'sim_only_region_kitti_bld_st850_r2_keep8',
+               'sim_only_region_kitti_bld_st850_r2_keep8_paste')
 #: Virtual KITTI 2 clones KITTI's camera (height, pitch), so the sim camera here matches
 #: the real-style one: the gap left is appearance, the part adaptation can close.
 SIM_CAMERA = ('cam_height_m=1.65', 'pitch_deg=1.0')

@@ -89,6 +89,52 @@ def test_self_train_terms_learn_the_given_real_labels():
     assert float(terms['self_train_ce'].detach()) < 0.5 * first  # class 7, upper half
 
 
+def test_paste_classes_copies_the_sim_frame_s_classes_with_their_labels():
+    real_img = torch.zeros(3, 3, 4, 5)
+    real_lab = torch.full((3, 4, 5), 255, dtype=torch.long)
+    real_lab[:, 0] = 2                        # the real frames' own labels (row 0)
+    sim_lab = torch.zeros(2, 4, 5, dtype=torch.long)
+    sim_lab[0, 1, 1:3] = 10                   # a car in sim frame 0
+    sim_lab[1, 0, 4] = 8                      # a pole in sim frame 1, over a real label
+    sim_lab[1, 3, 0] = 255                    # unlabelled sim pixels are never pasted
+    sim = {'image': torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5) + 1,
+           'labels': sim_lab}
+    img, lab = losses.paste_classes(real_img, real_lab, sim, (10, 8))
+    mask = torch.zeros(3, 4, 5, dtype=torch.bool)
+    mask[0, 1, 1:3] = mask[1, 0, 4] = True
+    assert torch.equal(img, torch.where(mask[:, None], torch.cat([sim['image'], real_img[2:]]),
+                                        real_img))
+    want = real_lab.clone()
+    want[0, 1, 1:3], want[1, 0, 4] = 10, 8
+    assert torch.equal(lab, want)             # the third real frame has no sim pair: as it was
+    assert torch.equal(real_lab[:, 0], torch.full((3, 5), 2))   # inputs untouched
+
+
+def test_self_training_with_pasted_classes_loads_sim_frames_but_not_their_terms(
+        tiny_data, tmp_path, monkeypatch):
+    seen = []
+    original = losses.paste_classes
+
+    def recording(image, labels, sim, classes):
+        out = original(image, labels, sim, classes)
+        seen.append((classes, bool((out[1] != labels).any())))
+        return out
+    monkeypatch.setattr(losses, 'paste_classes', recording)
+    sets = _sets(tiny_data, extra=['train.self_train_sim=false', 'train.self_train_batch=2',
+                                   'train.self_train_paste=[road, car]'])
+    trainer = train.Trainer(load_config('test', sets), tmp_path, 'sim_only')
+    summary = trainer.run('all')
+    trainer.close()
+    assert summary['steps'] == {'supervised': 3, 'self_train': 3}
+    assert [c for c, _ in seen] == [(4, 10)] * 3 and any(changed for _, changed in seen)
+    with open(tmp_path / 'logs' / 'self_train.csv') as fh:   # no sim supervision terms
+        header = next(csv.reader(fh))
+    assert header[-1] == 'self_train_ce' and 'depth' not in header and 'ce' not in header
+    assert train.main(['--config', 'test', '--run-dir', str(tmp_path / 'bad'), '--method',
+                       'sim_only', '--set', *_sets(tiny_data, extra=[
+                           'train.self_train_paste=[lorry]'])]) == 2
+
+
 def _sets(tiny_data, steps=3, extra=()):
     return [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')] + [
         f'data.{k}.val_fraction=0.25' for k in ('sim', 'real', 'eval')] + [

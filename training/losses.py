@@ -466,16 +466,39 @@ def supervised_terms(net, batch, model_cfg, sky_as_far=True, depth_norm='l2', ce
 
 
 def self_train_terms(net, sim_batch, real_batch, model_cfg, sky_as_far=True, depth_norm='l2',
-                     strength=1.0):
+                     strength=1.0, paste=(), sim_terms=True):
     """Self-training stage terms: the sim supervision and the real frames' fixed labels.
 
     The real frames are re-rendered (``strong_view``) so the network must give the labels it
     gave the clean frame to a differently photographed one; the mean runs over kept pixels.
-    Without ``sim_batch`` (``train.self_train_sim: false``) only that term is computed.
+    ``paste`` (class ids) first copies those classes' pixels of the paired sim frame onto each
+    real frame, with their sim labels (``paste_classes``). ``sim_terms`` False (or no
+    ``sim_batch``) leaves the sim frames' own supervision out.
     """
     terms, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm) \
-        if sim_batch is not None else ({}, None)
-    view = strong_view(real_batch['image'], strength)
+        if sim_batch is not None and sim_terms else ({}, None)
+    image, labels = real_batch['image'], real_batch['labels']
+    if len(paste) and sim_batch is not None:
+        image, labels = paste_classes(image, labels, sim_batch, paste)
+    view = strong_view(image, strength)
     _, z, feats = net.encode_skips(view, 'real')
-    terms['self_train_ce'] = seg_loss(net.decode(z, 'seg', feats), real_batch['labels'])
+    terms['self_train_ce'] = seg_loss(net.decode(z, 'seg', feats), labels)
     return terms, images
+
+
+def paste_classes(image, labels, sim_batch, classes):
+    """Copy the pixels of ``classes`` of sim frame i onto real frame i, with their labels.
+
+    Copy-paste of whole sim objects (cars, poles, signs) into real scenes: the thin classes
+    the real frames' own labels rarely hold get exact targets in a real context, while the
+    rest of each frame keeps its real pixels and labels. The sim camera matches the real one,
+    so a pasted object stands where such an object could. Real frames beyond the sim batch
+    are left as they are.
+    """
+    n = min(image.shape[0], sim_batch['image'].shape[0])
+    sim_lab = sim_batch['labels'][:n].to(labels.device)
+    mask = torch.isin(sim_lab, torch.as_tensor(list(classes), device=sim_lab.device))
+    image, labels = image.clone(), labels.clone()
+    image[:n] = torch.where(mask[:, None], sim_batch['image'][:n].to(image.dtype), image[:n])
+    labels[:n] = torch.where(mask, sim_lab.to(labels.dtype), labels[:n])
+    return image, labels

@@ -76,18 +76,27 @@ RECIPES = {
                                                   'data.sim.region_keep_hue=[building]',
                                                   'train.self_train_steps=250',
                                                   'train.self_train_batch=2')),
-    # the default: the buildings' hue kept, 850 steps, then 250 self-training steps on 2 of
-    # its own labelled real frames alone, 80 % of each class's pixels kept (row
+    # the buildings' hue kept, 850 steps, then 250 self-training steps on 2 of its own
+    # labelled real frames alone, 80 % of each class's pixels kept (row
     # sim_only_region_kitti_bld_st850_r2_keep8, about 1.5 min more than its 850 steps)
     'sim_only_region_kitti_bld_st_keep8': (
         'sim_only', ('data.sim.region_aug=1.0', 'data.sim.relabel={van: car}',
                      'data.sim.region_keep_hue=[building]', 'train.self_train_steps=250',
                      'train.self_train_batch=2', 'train.self_train_sim=false',
                      'train.self_train_keep=0.8')),
+    # the default: that with sim cars, trucks, poles, signs, lights and guard rails pasted
+    # onto the self-trained real frames (row sim_only_region_kitti_bld_st850_r2_keep8_paste)
+    'sim_only_region_kitti_bld_st_paste': (
+        'sim_only', ('data.sim.region_aug=1.0', 'data.sim.relabel={van: car}',
+                     'data.sim.region_keep_hue=[building]', 'train.self_train_steps=250',
+                     'train.self_train_batch=2', 'train.self_train_sim=false',
+                     'train.self_train_keep=0.8',
+                     'train.self_train_paste=[car, truck, pole, traffic_sign, traffic_light, '
+                     'guard_rail]')),
 }
 #: --quick runs every stage at the test preset's few steps, self-training included.
 QUICK_SELF_TRAIN = 'train.self_train_steps=4'
-DEFAULT_MODEL = 'sim_only_region_kitti_bld_st_keep8'
+DEFAULT_MODEL = 'sim_only_region_kitti_bld_st_paste'
 
 #: Data sizes and the training preset per mode (all overridable on the command line).
 PROFILES = {
@@ -178,7 +187,8 @@ def build_parser():
                         'frames; sim_only_region_kitti_bld_st: the same keeping the '
                         'buildings\' hue; sim_only_region_kitti_bld_st_keep8: that with the '
                         'self-training steps on 2 real frames alone, 80 %% of each class\'s '
-                        'pixels kept as labels)')
+                        'pixels kept as labels; sim_only_region_kitti_bld_st_paste: that with '
+                        'sim objects pasted onto those real frames)')
     p.add_argument('--with-oracle', action='store_true',
                    help='also train and evaluate the oracle baseline (real labels)')
     p.add_argument('--config', default=None,
@@ -512,6 +522,10 @@ def run(args):
                                                   '(buildings keep their hue), vans as car, '
                                                   'then self-train on the real frames alone '
                                                   '(main model)',
+            'sim_only_region_kitti_bld_st_paste': 'train sim_only on randomised sim frames '
+                                                  '(buildings keep their hue), vans as car, '
+                                                  'then self-train on the real frames with '
+                                                  'sim objects pasted in (main model)',
             'sim_only': 'train the sim-only baseline (no adaptation)',
             'mean_prior': 'fit the mean_prior floor (per-pixel sim statistics)',
             'oracle': 'train the oracle baseline (real labels)'}

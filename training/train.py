@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from sim2real_perception.config import load_config
+from sim2real_perception.labels import CLASS_NAMES
 from sim2real_perception.model import DepthSegNet, ModelConfig, TwinVAE
 from sim2real_perception.model_io import export_model_dir, torch_device
 
@@ -53,8 +54,11 @@ class StageLoss(nn.Module):
     """One stage's forward pass returning its loss terms (what DDP wraps)."""
 
     def __init__(self, net, stage, model_cfg, loss_cfg, real_input='translated', lean=False,
-                 ce_weight=None, style_mixer=None):
+                 ce_weight=None, style_mixer=None, paste=(), sim_terms=True):
         super().__init__()
+        #: the self-training stage's pasted sim class ids (``train.self_train_paste``) and
+        #: whether its sim frames are also supervised (``train.self_train_sim``)
+        self.paste, self.sim_terms = tuple(paste), bool(sim_terms)
         #: ``training.style_mix.StyleMixer`` of a sim_only run with ``train.style_mix``, or None
         self.style_mixer = style_mixer
         #: per-class cross-entropy weights (``loss.ce_class_balance``), or None
@@ -90,7 +94,8 @@ class StageLoss(nn.Module):
         if is_self_train(self.stage):   # (sim, real) or, without sim frames, (real,)
             sim, real = (first, second) if second is not None else (None, first)
             return losses.self_train_terms(self.net, sim, real, self.model_cfg,
-                                           self.sky_as_far, self.depth_norm, self.strength)
+                                           self.sky_as_far, self.depth_norm, self.strength,
+                                           self.paste, self.sim_terms)
         if self.style_mixer is not None:
             self.style_mixer.prepare(second['image'], first['image'].shape[0])
         try:
@@ -158,6 +163,18 @@ def self_train_rounds(train_cfg):
     return ['self_train'] + [f'self_train_{r}' for r in range(2, rounds + 1)]
 
 
+def self_train_paste(train_cfg):
+    """Class ids of ``train.self_train_paste``: sim classes pasted into the real frames."""
+    names = train_cfg.get('self_train_paste') or []
+    if isinstance(names, str):
+        names = [names]
+    unknown = [n for n in names if n not in CLASS_NAMES]
+    if unknown:
+        raise ValueError(f'train.self_train_paste: unknown class(es) {unknown}; the classes '
+                         f'are {list(CLASS_NAMES)}')
+    return tuple(CLASS_NAMES.index(n) for n in names)
+
+
 def stage_weights(stage, loss_cfg, train_cfg):
     """Return the ``loss.*`` weight of each of a stage's terms, in the documented order."""
     key = 'self_train' if is_self_train(stage) else stage
@@ -217,6 +234,7 @@ def check_train_config(t):
                       rounds > int(t.get('self_train_steps', 0))):
         raise ValueError(f'train.self_train_rounds={rounds}: at least 1 and at most '
                          'train.self_train_steps')
+    self_train_paste(t)
     if int(t.get('self_train_steps', 0)) and float(t.get('weight_average', 0.0)):
         raise ValueError('train.weight_average and train.self_train_steps: average one stage '
                          'or self-train after it, not both')
@@ -307,7 +325,8 @@ class Trainer:
         if stage == 'stage2':
             return [('sim', STREAM_SIM), ('real', STREAM_REAL)]
         if is_self_train(stage):
-            return ([('sim_self_train', STREAM_SIM)] if self.t['self_train_sim'] else []) + \
+            with_sim = self.t['self_train_sim'] or self_train_paste(self.t)
+            return ([('sim_self_train', STREAM_SIM)] if with_sim else []) + \
                 [('pseudo', STREAM_PSEUDO)]
         if self.method == 'sim_only':   # real frames only lend their feature statistics
             return [('sim', STREAM_SIM)] + ([('real', STREAM_REAL)] if self._style_mix() else [])
@@ -431,7 +450,8 @@ class Trainer:
             mixer = StyleMixer(self.net.enc_real, self.t['style_mix_layers'], self._style_mix(),
                                float(self.t['style_mix_alpha']))
         module = StageLoss(self.net, stage, self.model_cfg, self.loss_cfg,
-                           self.t['stage2_real_input'], self.t['stage2_lean'], ce_weight, mixer)
+                           self.t['stage2_real_input'], self.t['stage2_lean'], ce_weight, mixer,
+                           self_train_paste(self.t), bool(self.t['self_train_sim']))
         if self.world > 1:   # source-only steps leave E_S and the critic without gradients
             module = DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
