@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from sim2real_perception.labels import THING_CLASSES  # noqa: E402 (after the path)
+
 #: The depth loss of the paper (eqs 15-16): MSE at weight 1, the default of every row before
 #: the L1 one (the ``*_mse`` rows). The ``*_l1`` rows take L1 at weight 1; the default is L1
 #: at weight 0.2 (config/cpu.yaml).
@@ -76,7 +78,7 @@ ST700_R2 = ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=
             'train.supervised_steps=700', 'train.self_train_steps=250',
             'train.self_train_batch=2', 'train.self_train_sim=false']
 #: The thin "thing" classes the copy-paste rows paste from sim frames into real ones.
-THINGS = '[car, truck, pole, traffic_sign, traffic_light, guard_rail]'
+THINGS = '[' + ', '.join(THING_CLASSES) + ']'
 #: ``sim_only_region_kitti_bld_st850_r2``: ``_bld``'s 850 steps, then the same self-training.
 ST850_R2 = [o for o in ST700_R2 if o != 'train.supervised_steps=700']
 #: (row name, method, extra overrides, what it tests). Rows other than mean_prior, sim_only
@@ -221,6 +223,20 @@ ROWS = (
      'real frame (train.self_train_paste, copy-paste): the thin classes the real frames\' own '
      'labels miss get exact targets in a real context; the same steps, plus loading 2 sim '
      'frames a step'),
+    ('sim_only_region_kitti_bld_st700_r2_keep10_paste', 'sim_only',
+     ST700_R2 + ['train.self_train_keep=1.0', f'train.self_train_paste={THINGS}'],
+     'ablation: sim_only_region_kitti_bld_st700_r2_keep8_paste keeping every pixel the teacher '
+     'labelled (self_train_keep 1.0, pseudo_threshold no longer drops any); same cost'),
+    ('sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05', 'sim_only',
+     ST700_R2 + ['train.self_train_keep=0.8', f'train.self_train_paste={THINGS}',
+                 'train.self_train_lr=5.0e-4'],
+     'ablation: sim_only_region_kitti_bld_st700_r2_keep8_paste with half the self-training '
+     'learning rate (5e-4; 3e-3 lost on every seed); same cost'),
+    ('sim_only_region_kitti_bld_st700_r2_keep8_paste_lr025', 'sim_only',
+     ST700_R2 + ['train.self_train_keep=0.8', f'train.self_train_paste={THINGS}',
+                 'train.self_train_lr=2.5e-4'],
+     'ablation: sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05 with half that learning '
+     'rate again (2.5e-4); same cost'),
     ('sim_only_region_kitti_bld_st850_r2_keep8_paste', 'sim_only',
      ST850_R2 + ['train.self_train_keep=0.8', f'train.self_train_paste={THINGS}'],
      'over the budget: sim_only_region_kitti_bld_st850_r2_keep8 with the copy-paste of '

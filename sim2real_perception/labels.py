@@ -12,6 +12,9 @@ CLASS_NAMES = (
     'traffic_sign', 'traffic_light', 'pole', 'truck', 'car', 'van',
 )
 NUM_CLASSES = len(CLASS_NAMES)
+#: The thin, countable classes (objects and poles, not regions) that ``train.self_train_paste``
+#: copies from sim frames onto real ones in the project's recipes; van is read as car there.
+THING_CLASSES = ('car', 'truck', 'pole', 'traffic_sign', 'traffic_light', 'guard_rail')
 #: Pixels outside the 12 classes; ignored by losses and metrics (vision_msgs LabelInfo: 255).
 IGNORE_INDEX = 255
 

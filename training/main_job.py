@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from sim2real_perception.labels import THING_CLASSES
+
 REPO = Path(__file__).resolve().parent.parent
 NODE_PARAMS = REPO / 'config' / 'depth_seg.yaml'
 IMAGE_TOPIC = '/camera/image_raw'
@@ -91,8 +93,7 @@ RECIPES = {
                      'data.sim.region_keep_hue=[building]', 'train.self_train_steps=250',
                      'train.self_train_batch=2', 'train.self_train_sim=false',
                      'train.self_train_keep=0.8',
-                     'train.self_train_paste=[car, truck, pole, traffic_sign, traffic_light, '
-                     'guard_rail]')),
+                     f'train.self_train_paste=[{", ".join(THING_CLASSES)}]')),
 }
 #: --quick runs every stage at the test preset's few steps, self-training included.
 QUICK_SELF_TRAIN = 'train.self_train_steps=4'
