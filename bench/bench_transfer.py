@@ -722,6 +722,26 @@ def validity_line(v):
         + ('ok' if v['domain_gap_miou_sim_minus_real']['ok'] else 'FAILS') + ')']) + '.'
 
 
+def monitor_curve(csv_text):
+    """{step: (AbsRel, mIoU)} of one run's monitor.csv, its stages laid end to end.
+
+    Each stage counts its steps from 1, so a later stage (self-training after the supervised
+    steps) starts where the one before it ended; a (stage, step) logged twice keeps its last
+    value (a run resumed from copied logs).
+    """
+    rows, ends = {}, {}
+    for line in csv_text.splitlines()[1:]:
+        stage, step, abs_rel, miou = line.split(',')
+        ends[stage] = max(ends.get(stage, 0), int(step))
+        if abs_rel and miou:
+            rows[(stage, int(step))] = (float(abs_rel), float(miou))
+    offset, start = 0, {}
+    for stage in ends:   # in the order the stages first appear
+        start[stage] = offset
+        offset += ends[stage]
+    return {start[stage] + step: value for (stage, step), value in rows.items()}
+
+
 def curves(out, rows, path, seeds):
     """Plot AbsRel and mIoU on the monitor frames against the step for the curve rows."""
     from training.figures import line_plot
@@ -730,12 +750,9 @@ def curves(out, rows, path, seeds):
         by_step = {}
         for seed in seeds:
             csv = Path(out) / 'compare' / 'runs' / f'{name}_s{seed}' / 'logs' / 'monitor.csv'
-            if not csv.is_file():
-                continue
-            for line in csv.read_text().splitlines()[1:]:
-                stage, step, abs_rel, miou = line.split(',')
-                if abs_rel and miou:
-                    by_step.setdefault(int(step), []).append((float(abs_rel), float(miou)))
+            if csv.is_file():
+                for step, value in monitor_curve(csv.read_text()).items():
+                    by_step.setdefault(step, []).append(value)
         if by_step:
             steps = sorted(by_step)
             series[name] = (steps, [sum(v[0] for v in by_step[s]) / len(by_step[s])
@@ -746,7 +763,7 @@ def curves(out, rows, path, seeds):
     return line_plot(path, {n: (s[0], s[1]) for n, s in series.items()},
                      {n: (s[0], s[2]) for n, s in series.items()},
                      ('AbsRel (lower is better)', 'mIoU (higher is better)'),
-                     'training step (head-training stage)')
+                     'training step (head training, then self-training)')
 
 
 def main(argv=None):

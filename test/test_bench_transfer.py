@@ -287,3 +287,12 @@ def test_results_name_the_cpu_that_made_them():
         return
     assert isinstance(info['cpu_model'], str) and info['cpu_model']
     assert isinstance(info['avx512'], bool)
+
+
+def test_monitor_curve_lays_stages_end_to_end_and_keeps_a_repeated_step_once():
+    text = '\n'.join(['stage,step,abs_rel,miou', 'supervised,25,0.3,0.2', 'supervised,50,0.25,0.3',
+                      'self_train,25,0.9,0.9',        # copied from the teacher's run: replaced
+                      'self_train,25,0.2,0.35', 'self_train,50,0.19,0.36',
+                      'supervised,60,,'])            # the last step, no monitor frames scored
+    assert bt.monitor_curve(text) == {25: (0.3, 0.2), 50: (0.25, 0.3), 85: (0.2, 0.35),
+                                      110: (0.19, 0.36)}
