@@ -237,6 +237,11 @@ ROWS = (
                  'train.self_train_lr=2.5e-4'],
      'ablation: sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05 with half that learning '
      'rate again (2.5e-4); same cost'),
+    ('sim_only_region_kitti_bld_st700_r2_keep8_classmix', 'sim_only',
+     ST700_R2 + ['train.self_train_keep=0.8', 'train.self_train_paste=classmix'],
+     'ablation: sim_only_region_kitti_bld_st700_r2_keep8_paste pasting a random half of each '
+     "sim frame's classes, regions as well as objects (DACS's ClassMix) instead of its "
+     'objects; same cost'),
     ('sim_only_region_kitti_bld_st850_r2_keep8_paste', 'sim_only',
      ST850_R2 + ['train.self_train_keep=0.8', f'train.self_train_paste={THINGS}'],
      'over the budget: sim_only_region_kitti_bld_st850_r2_keep8 with the copy-paste of '

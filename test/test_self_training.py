@@ -110,6 +110,25 @@ def test_paste_classes_copies_the_sim_frame_s_classes_with_their_labels():
     assert torch.equal(real_lab[:, 0], torch.full((3, 5), 2))   # inputs untouched
 
 
+def test_classmix_pastes_whole_classes_half_of_those_each_sim_frame_holds():
+    torch.manual_seed(3)
+    sim_lab = torch.randint(0, 5, (2, 8, 8))
+    sim_lab[1] = torch.where(sim_lab[1] == 4, torch.full_like(sim_lab[1], 255), sim_lab[1])
+    sim = {'image': torch.rand(2, 3, 8, 8) + 2.0, 'labels': sim_lab}
+    real_lab = torch.full((2, 8, 8), 7, dtype=torch.long)
+    img, lab = losses.paste_classes(torch.zeros(2, 3, 8, 8), real_lab, sim, losses.CLASSMIX)
+    for i in range(2):
+        pasted = lab[i] != 7
+        assert torch.equal(pasted, img[i, 0] > 0)
+        assert torch.equal(lab[i][pasted], sim_lab[i][pasted])
+        present = [c for c in sim_lab[i].unique().tolist() if c != 255]
+        chosen = lab[i][pasted].unique().tolist()
+        assert len(chosen) == (len(present) + 1) // 2 and 255 not in chosen
+        for c in chosen:   # whole classes: every pixel of a chosen class
+            assert bool(pasted[sim_lab[i] == c].all())
+    assert train.self_train_paste({'self_train_paste': 'classmix'}) == losses.CLASSMIX
+
+
 def test_self_training_with_pasted_classes_loads_sim_frames_but_not_their_terms(
         tiny_data, tmp_path, monkeypatch):
     seen = []

@@ -478,7 +478,7 @@ def self_train_terms(net, sim_batch, real_batch, model_cfg, sky_as_far=True, dep
     terms, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm) \
         if sim_batch is not None and sim_terms else ({}, None)
     image, labels = real_batch['image'], real_batch['labels']
-    if len(paste) and sim_batch is not None:
+    if paste and sim_batch is not None:
         image, labels = paste_classes(image, labels, sim_batch, paste)
     view = strong_view(image, strength)
     _, z, feats = net.encode_skips(view, 'real')
@@ -486,8 +486,15 @@ def self_train_terms(net, sim_batch, real_batch, model_cfg, sky_as_far=True, dep
     return terms, images
 
 
+#: ``train.self_train_paste: classmix``: paste a random half of each sim frame's classes.
+CLASSMIX = 'classmix'
+
+
 def paste_classes(image, labels, sim_batch, classes):
     """Copy the pixels of ``classes`` of sim frame i onto real frame i, with their labels.
+
+    ``classes`` is a tuple of class ids, or ``CLASSMIX``: a random half of the classes each
+    sim frame holds (DACS's ClassMix, ``class_mix_mask``), regions as well as objects.
 
     Copy-paste of whole sim objects (cars, poles, signs) into real scenes: the thin classes
     the real frames' own labels rarely hold get exact targets in a real context, while the
@@ -497,7 +504,8 @@ def paste_classes(image, labels, sim_batch, classes):
     """
     n = min(image.shape[0], sim_batch['image'].shape[0])
     sim_lab = sim_batch['labels'][:n].to(labels.device)
-    mask = torch.isin(sim_lab, torch.as_tensor(list(classes), device=sim_lab.device))
+    mask = class_mix_mask(sim_lab) if classes == CLASSMIX else \
+        torch.isin(sim_lab, torch.as_tensor(list(classes), device=sim_lab.device))
     image, labels = image.clone(), labels.clone()
     image[:n] = torch.where(mask[:, None], sim_batch['image'][:n].to(image.dtype), image[:n])
     labels[:n] = torch.where(mask, sim_lab.to(labels.dtype), labels[:n])

@@ -58,7 +58,8 @@ class StageLoss(nn.Module):
         super().__init__()
         #: the self-training stage's pasted sim class ids (``train.self_train_paste``) and
         #: whether its sim frames are also supervised (``train.self_train_sim``)
-        self.paste, self.sim_terms = tuple(paste), bool(sim_terms)
+        self.paste = paste if paste == losses.CLASSMIX else tuple(paste)
+        self.sim_terms = bool(sim_terms)
         #: ``training.style_mix.StyleMixer`` of a sim_only run with ``train.style_mix``, or None
         self.style_mixer = style_mixer
         #: per-class cross-entropy weights (``loss.ce_class_balance``), or None
@@ -164,8 +165,10 @@ def self_train_rounds(train_cfg):
 
 
 def self_train_paste(train_cfg):
-    """Class ids of ``train.self_train_paste``: sim classes pasted into the real frames."""
+    """Class ids of ``train.self_train_paste`` (or ``losses.CLASSMIX``): what is pasted."""
     names = train_cfg.get('self_train_paste') or []
+    if names == losses.CLASSMIX:
+        return losses.CLASSMIX
     if isinstance(names, str):
         names = [names]
     unknown = [n for n in names if n not in CLASS_NAMES]
