@@ -55,6 +55,11 @@ SIM_CAMERA = ('cam_height_m=1.65', 'pitch_deg=1.0')
 #: Extra overrides per method: sim_only is the no-adaptation baseline, so its sim frames
 #: keep their clean look (the preset randomises them for the twin-VAE).
 METHOD_SETS = {'sim_only': ('data.sim.appearance_aug=0.0',)}
+#: ``sim_only_region_kitti_bld_st_keep8``'s overrides, which the default recipe extends.
+BLD_ST_KEEP8 = ('data.sim.region_aug=1.0', 'data.sim.relabel={van: car}',
+                'data.sim.region_keep_hue=[building]', 'train.self_train_steps=250',
+                'train.self_train_batch=2', 'train.self_train_sim=false',
+                'train.self_train_keep=0.8')
 #: The main model's recipes: name -> (training method, overrides). Each is a row of
 #: bench/bench_transfer.py and trains at the preset's full budget.
 RECIPES = {
@@ -81,19 +86,11 @@ RECIPES = {
     # the buildings' hue kept, 850 steps, then 250 self-training steps on 2 of its own
     # labelled real frames alone, 80 % of each class's pixels kept (row
     # sim_only_region_kitti_bld_st850_r2_keep8, about 1.5 min more than its 850 steps)
-    'sim_only_region_kitti_bld_st_keep8': (
-        'sim_only', ('data.sim.region_aug=1.0', 'data.sim.relabel={van: car}',
-                     'data.sim.region_keep_hue=[building]', 'train.self_train_steps=250',
-                     'train.self_train_batch=2', 'train.self_train_sim=false',
-                     'train.self_train_keep=0.8')),
+    'sim_only_region_kitti_bld_st_keep8': ('sim_only', BLD_ST_KEEP8),
     # the default: that with sim cars, trucks, poles, signs, lights and guard rails pasted
     # onto the self-trained real frames (row sim_only_region_kitti_bld_st850_r2_keep8_paste)
     'sim_only_region_kitti_bld_st_paste': (
-        'sim_only', ('data.sim.region_aug=1.0', 'data.sim.relabel={van: car}',
-                     'data.sim.region_keep_hue=[building]', 'train.self_train_steps=250',
-                     'train.self_train_batch=2', 'train.self_train_sim=false',
-                     'train.self_train_keep=0.8',
-                     f'train.self_train_paste=[{", ".join(THING_CLASSES)}]')),
+        'sim_only', BLD_ST_KEEP8 + (f'train.self_train_paste=[{", ".join(THING_CLASSES)}]',)),
 }
 #: --quick runs every stage at the test preset's few steps, self-training included.
 QUICK_SELF_TRAIN = 'train.self_train_steps=4'

@@ -56,10 +56,10 @@ class StageLoss(nn.Module):
     def __init__(self, net, stage, model_cfg, loss_cfg, real_input='translated', lean=False,
                  ce_weight=None, style_mixer=None, paste=(), sim_terms=True):
         super().__init__()
-        #: the self-training stage's pasted sim class ids (``train.self_train_paste``) and
+        #: the self-training stage's pasted sim class ids or ``losses.CLASSMIX``
+        #: (``self_train_paste``, the ``train.self_train_paste`` setting) and
         #: whether its sim frames are also supervised (``train.self_train_sim``)
-        self.paste = paste if paste == losses.CLASSMIX else tuple(paste)
-        self.sim_terms = bool(sim_terms)
+        self.paste, self.sim_terms = paste, bool(sim_terms)
         #: ``training.style_mix.StyleMixer`` of a sim_only run with ``train.style_mix``, or None
         self.style_mixer = style_mixer
         #: per-class cross-entropy weights (``loss.ce_class_balance``), or None
