@@ -471,8 +471,8 @@ def self_train_terms(net, sim_batch, real_batch, model_cfg, sky_as_far=True, dep
 
     The real frames are re-rendered (``strong_view``) so the network must give the labels it
     gave the clean frame to a differently photographed one; the mean runs over kept pixels.
-    ``paste`` (class ids) first copies those classes' pixels of the paired sim frame onto each
-    real frame, with their sim labels (``paste_classes``). ``sim_terms`` False (or no
+    ``paste`` (class ids, or ``CLASSMIX``) first copies those pixels of the paired sim frame
+    onto each real frame, with their sim labels (``paste_classes``). ``sim_terms`` False (or no
     ``sim_batch``) leaves the sim frames' own supervision out.
     """
     terms, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm) \
@@ -493,14 +493,12 @@ CLASSMIX = 'classmix'
 def paste_classes(image, labels, sim_batch, classes):
     """Copy the pixels of ``classes`` of sim frame i onto real frame i, with their labels.
 
-    ``classes`` is a tuple of class ids, or ``CLASSMIX``: a random half of the classes each
-    sim frame holds (DACS's ClassMix, ``class_mix_mask``), regions as well as objects.
-
     Copy-paste of whole sim objects (cars, poles, signs) into real scenes: the thin classes
     the real frames' own labels rarely hold get exact targets in a real context, while the
     rest of each frame keeps its real pixels and labels. The sim camera matches the real one,
     so a pasted object stands where such an object could. Real frames beyond the sim batch
-    are left as they are.
+    are left as they are. ``classes`` is a tuple of class ids, or ``CLASSMIX``: a random half
+    of the classes each sim frame holds (DACS's ClassMix, ``class_mix_mask``), regions too.
     """
     n = min(image.shape[0], sim_batch['image'].shape[0])
     sim_lab = sim_batch['labels'][:n].to(labels.device)
