@@ -69,6 +69,18 @@ NO_PSEUDO = WARM_MMD + PSEUDO_OFF + ['train.stage2_steps=240']
 SIM_VARIATIONS = ('clone', 'morning', 'sunset', 'overcast', 'fog', 'rain')
 VARS_ROOT = '{sim_variations_root}'   # replaced by that tree's path
 WITH_VARIATIONS = [f'data.sim.root={VARS_ROOT}', 'data.sim.variations=[]']   # [] = all there
+#: The sim the rows train on (``--sim-look``). ``flat``: one colour per class and instance,
+#: Lambert shading, no texture and no shadow (every table before 2026-12-07). ``textured``:
+#: the same scenes with an engine's surface textures and the cast shadows of its sun, as
+#: Virtual KITTI 2 renders them (``SimStyle.texture``, ``.shadow``), from a tree of its own
+#: (``--out``/data_sim_textured); the real-style frames, the floor's labels and depths and
+#: the oracle stay as they are.
+SIM_TEXTURED = ('texture=0.6', 'shadow=0.45')
+SIM_LOOKS = ('flat', 'textured')
+TEXTURED_ROOT = '{sim_textured_root}'   # replaced by that tree's path
+WITH_TEXTURED_SIM = [f'data.sim.root={TEXTURED_ROOT}']
+TEXTURED_SUN_ROOT = '{sim_textured_sun_root}'
+WITH_TEXTURED_SUN_SIM = [f'data.sim.root={TEXTURED_SUN_ROOT}']
 #: The real-style frames follow KITTI's (Cityscapes') taxonomy, which has no van: the
 #: ``*_kitti`` rows train with VKITTI 2's vans read as car.
 KITTI_CLASSES = 'data.sim.relabel={van: car}'
@@ -336,6 +348,9 @@ ROWS = (
      "variant: sim_only_aug trained on VKITTI 2's six variations of each sim viewpoint"),
     ('twin_vae_vars', 'twin_vae', WARM_MMD + WITH_VARIATIONS,
      "variant: twin_vae_warm_mmd trained on VKITTI 2's six variations of each sim viewpoint"),
+    ('sim_only_tex_sun', 'sim_only', ['data.sim.appearance_aug=0.0'] + WITH_TEXTURED_SUN_SIM,
+     'variant: sim_only on the textured sim (--sim-look textured) with each sim scene lit by '
+     "its own sun (SimStyle.scene_sun), as each of Virtual KITTI 2's worlds is"),
     ('twin_vae_classmix', 'twin_vae', WARM_MMD + ['loss.pseudo_mix=classmix'],
      "variant: twin_vae_warm_mmd's self-training view with half of a sim frame's classes "
      'pasted in (DACS)'),
@@ -393,6 +408,12 @@ def build_parser():
     p.add_argument('--no-unseen', action='store_true',
                    help='skip scoring every run on real-style drives no run trained on '
                         '(--out/data_unseen; about a second per model and seed)')
+    p.add_argument('--sim-look', choices=SIM_LOOKS, default='flat',
+                   help='the sim every row but the oracle trains on: flat (one colour per '
+                        'class, no texture or shadow) or textured (the same scenes with '
+                        "an engine's textures and cast shadows, as Virtual KITTI 2); runs go "
+                        "to --out/compare (flat) or --out/compare_textured (default: "
+                        '%(default)s)')
     p.add_argument('--reuse', metavar='JSON', default=None,
                    help="an earlier bench_transfer.json made on the same kind of CPU: rows "
                         'with no finished run in --out whose definition, preset and data are '
@@ -409,18 +430,44 @@ def make_data(out, spec):
     return folder
 
 
-def with_variations_root(out, spec, rows):
-    """Generate the ``*_vars`` rows' sim tree when a row needs it; put its path in the rows."""
-    if not any(VARS_ROOT in o for row in rows for o in row[2]):
-        return rows
+def with_sim_roots(out, spec, rows):
+    """Generate the sim trees of the ``*_vars`` and ``*_tex`` rows when a row needs one.
+
+    Returns the rows with each tree's path in place of its placeholder.
+    """
     from training.data.make_procedural import generate
-    folder = (Path(out) / 'data_variations').resolve()
-    generate(folder, **{**spec, 'real_frames': 0, 'variations': list(SIM_VARIATIONS)})
-    return [(name, method, [o.replace(VARS_ROOT, str(folder)) for o in extra], what)
-            for name, method, extra, what in rows]
+    trees = {VARS_ROOT: ('data_variations', {'variations': list(SIM_VARIATIONS)}),
+             TEXTURED_ROOT: ('data_sim_textured',
+                             {'sim_style': tuple(spec['sim_style']) + SIM_TEXTURED}),
+             TEXTURED_SUN_ROOT: ('data_sim_textured_sun',
+                                 {'sim_style': tuple(spec['sim_style']) + SIM_TEXTURED
+                                  + ('scene_sun=1',)})}
+    for placeholder, (name, change) in trees.items():
+        if not any(placeholder in o for row in rows for o in row[2]):
+            continue
+        folder = (Path(out) / name).resolve()
+        generate(folder, **{**spec, 'real_frames': 0, **change})
+        rows = [(row, method, [o.replace(placeholder, str(folder)) for o in extra], what)
+                for row, method, extra, what in rows]
+    return rows
 
 
-def reusable_runs(path, rows, seeds, splits, config, spec, out):
+def compare_dir(out, sim_look='flat'):
+    """Return the training.compare folder of one sim look: each look keeps its own runs."""
+    return Path(out) / ('compare' if sim_look == 'flat' else f'compare_{sim_look}')
+
+
+def with_sim_look(rows, sim_look):
+    """Return the rows training on ``sim_look``'s sim: every row but the oracle's and those
+    that name a sim tree of their own."""
+    if sim_look == 'flat':
+        return rows
+    return [(name, method, extra if method == 'oracle' or any(
+        o.startswith('data.sim.root=') for o in extra) else extra + WITH_TEXTURED_SIM, what)
+        for name, method, extra, what in rows]
+
+
+def reusable_runs(path, rows, seeds, splits, config, spec, out, sim_look='flat'):
     """Return ({row: its recorded runs}, the JSON) of the rows ``--reuse`` can carry over.
 
     A row is carried over when ``out`` holds no finished run of it, the JSON was made with
@@ -430,7 +477,8 @@ def reusable_runs(path, rows, seeds, splits, config, spec, out):
     and wall time.
     """
     prev = json.loads(Path(path).read_text())
-    same_data = json.loads(json.dumps(spec)) == prev.get('data')
+    same_data = json.loads(json.dumps(spec)) == prev.get('data') and \
+        prev.get('sim_look', 'flat') == sim_look
     if prev.get('config') != config or not same_data:
         print(f'--reuse {path}: another preset or other data; nothing carried over')
         return {}, prev
@@ -440,7 +488,7 @@ def reusable_runs(path, rows, seeds, splits, config, spec, out):
         print(f'--reuse {path}: made on {there or "an unrecorded CPU"}, this is {here}; '
               'nothing carried over')
         return {}, prev
-    runs_dir = Path(out) / 'compare' / 'runs'
+    runs_dir = compare_dir(out, sim_look) / 'runs'
     carried = {}
     for name, method, extra, _ in rows:
         defined = prev.get('rows', {}).get(name)
@@ -463,9 +511,9 @@ def _finished(run_dir):
         return False
 
 
-def all_finished(out, rows, seed):
+def all_finished(out, rows, seed, sim_look='flat'):
     """Return whether every row's run of ``seed`` has finished (nothing to train for it)."""
-    runs = Path(out) / 'compare' / 'runs'
+    runs = compare_dir(out, sim_look) / 'runs'
     return all(_finished(runs / f'{name}_s{seed}') for name, *_ in rows)
 
 
@@ -473,7 +521,7 @@ def run_rows(args, data_dir, rows, seeds):
     """Train and score the rows with training.compare; return compare.json's dict."""
     from training.compare import build_parser as compare_parser, run_compare
     argv = ['--config', args.config, '--seeds', *map(str, seeds), '--out',
-            str(Path(args.out) / 'compare'), '--data-root', str(data_dir), '--quiet',
+            str(compare_dir(args.out, args.sim_look)), '--data-root', str(data_dir), '--quiet',
             '--methods', *[r[1] for r in rows if r[0] == r[1] and not r[2]]]
     for name, method, extra, _ in rows:
         if name == method and not extra:
@@ -555,7 +603,7 @@ def score_unseen(args, rows, runs, methods, quick):
     folder = Path(args.out) / 'data_unseen'
     spec = render_unseen(folder, shape['drives'], shape['frames_per_drive'],
                          QUICK_DATA if quick else DATA)
-    exports = find_exports(Path(args.out) / 'compare' / 'runs', [r[0] for r in rows],
+    exports = find_exports(compare_dir(args.out, args.sim_look) / 'runs', [r[0] for r in rows],
                            args.seeds)
     scores = score(exports, folder, 'all', load_config(args.config))
     wall = {(r['method'], r['seed']): r['wall_s'] for r in runs if r['split'] == 'real'}
@@ -747,14 +795,14 @@ def monitor_curve(csv_text):
     return {start[stage] + step: value for (stage, step), value in rows.items()}
 
 
-def curves(out, rows, path, seeds):
+def curves(out, rows, path, seeds, sim_look='flat'):
     """Plot AbsRel and mIoU on the monitor frames against the step for the curve rows."""
     from training.figures import line_plot
     series = {}
     for name in rows:
         by_step = {}
         for seed in seeds:
-            csv = Path(out) / 'compare' / 'runs' / f'{name}_s{seed}' / 'logs' / 'monitor.csv'
+            csv = compare_dir(out, sim_look) / 'runs' / f'{name}_s{seed}' / 'logs' / 'monitor.csv'
             if csv.is_file():
                 for step, value in monitor_curve(csv.read_text()).items():
                     by_step.setdefault(step, []).append(value)
@@ -786,15 +834,15 @@ def main(argv=None):
         args.config = 'test'
     t0 = time.perf_counter()
     data_dir = make_data(args.out, spec)
-    rows = with_variations_root(args.out, spec, rows)
+    rows = with_sim_roots(args.out, spec, with_sim_look(rows, args.sim_look))
     splits = ('real', 'sim') if args.no_unseen else ('real', 'sim', 'unseen')
     carried, prev = ({}, {}) if not args.reuse or args.retrain else reusable_runs(
-        args.reuse, rows, args.seeds, splits, args.config, spec, args.out)
+        args.reuse, rows, args.seeds, splits, args.config, spec, args.out, args.sim_look)
     trained = [r for r in rows if r[0] not in carried]
     report = {}
     if trained:
         for seed in args.seeds[:-1]:   # seed by seed, so a partial run already holds results
-            if args.retrain or not all_finished(args.out, trained, seed):
+            if args.retrain or not all_finished(args.out, trained, seed, args.sim_look):
                 run_rows(args, data_dir, trained, [seed])
         report = run_rows(args, data_dir, trained, args.seeds)
     runs, methods, gt_share = collect(report, rows, carried)
@@ -820,7 +868,7 @@ def main(argv=None):
         'machine': {'cpu': platform.processor() or platform.machine(), **cpu_model(),
                     'cpu_count': os.cpu_count(), 'torch_threads': os.environ.get(
                         'OMP_NUM_THREADS', 'default'), 'loadavg_start': os.getloadavg()[0]},
-        'config': args.config, 'data': spec, 'seeds': args.seeds,
+        'config': args.config, 'data': spec, 'sim_look': args.sim_look, 'seeds': args.seeds,
         'rows': {r[0]: {'method': r[1], 'overrides': r[2], 'what': r[3]} for r in rows},
         'budget': _budget(args.config),
         'runs': runs, 'methods': methods, 'gap_closed': gaps,
@@ -842,7 +890,8 @@ def main(argv=None):
     if any(n in carried for n in shown):   # their logs are not here: keep the old figure
         result['curves_png'] = prev.get('curves_png')
     else:
-        fig = curves(args.out, list(shown), results / f'{stem}_curves.png', args.seeds)
+        fig = curves(args.out, list(shown), results / f'{stem}_curves.png', args.seeds,
+                     args.sim_look)
         result['curves_png'] = str(fig) if fig else None
     (results / f'{stem}.json').write_text(json.dumps(result, indent=1, default=str))
     (results / f'{stem}.md').write_text(markdown(result))

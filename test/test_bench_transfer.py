@@ -296,3 +296,29 @@ def test_monitor_curve_lays_stages_end_to_end_and_keeps_a_repeated_step_once():
                       'supervised,60,,'])            # the last step, no monitor frames scored
     assert bt.monitor_curve(text) == {25: (0.3, 0.2), 50: (0.25, 0.3), 85: (0.2, 0.35),
                                       110: (0.19, 0.36)}
+
+
+def test_textured_sim_look_moves_every_row_but_the_oracle_to_its_own_tree(tmp_path):
+    rows = _rows('mean_prior', 'sim_only', 'oracle', 'twin_vae', 'sim_only_aug_vars')
+    assert bt.with_sim_look(rows, 'flat') == rows
+    textured = {r[0]: r[2] for r in bt.with_sim_look(rows, 'textured')}
+    flat = {r[0]: r[2] for r in rows}
+    assert textured['oracle'] == flat['oracle']                     # reads no sim frame
+    assert textured['sim_only_aug_vars'] == flat['sim_only_aug_vars']   # its own sim tree
+    for name in ('mean_prior', 'sim_only', 'twin_vae'):
+        assert textured[name] == flat[name] + bt.WITH_TEXTURED_SIM
+    assert bt.compare_dir(tmp_path, 'flat') == tmp_path / 'compare'
+    assert bt.compare_dir(tmp_path, 'textured') == tmp_path / 'compare_textured'
+    spec = {**bt.QUICK_DATA, 'sim_frames': 2, 'real_frames': 0, 'frames_per_sequence': 2}
+    placed = bt.with_sim_roots(tmp_path, spec, bt.with_sim_look(rows, 'textured'))
+    tree = (tmp_path / 'data_sim_textured').resolve()
+    assert dict((r[0], r[2]) for r in placed)['sim_only'][-1] == f'data.sim.root={tree}'
+    style = json.loads((tree / 'manifest.json').read_text())['request']['sim_style']
+    assert (style['texture'], style['shadow']) == (0.6, 0.45)
+    # runs recorded on one sim look are never carried over to the other
+    prev = _recorded(rows[:3], [0], ('real', 'sim'))
+    (tmp_path / 'prev.json').write_text(json.dumps(prev))
+    args = (rows[:3], [0], ('real', 'sim'), 'test', bt.QUICK_DATA, tmp_path / 'out')
+    assert sorted(bt.reusable_runs(tmp_path / 'prev.json', *args)[0]) == [
+        'mean_prior', 'oracle', 'sim_only']
+    assert bt.reusable_runs(tmp_path / 'prev.json', *args, 'textured')[0] == {}

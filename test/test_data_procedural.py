@@ -194,3 +194,52 @@ def test_cli_help_preview_and_errors(gen, tmp_path, capsys):
     root, _ = gen
     grid = save_preview(root, tmp_path / 'g.png', rows=2, tile_width=64)
     assert cv2.imread(str(grid)).shape == (22 + 2 * 32, 6 * 64, 3)
+
+
+def test_sim_textures_and_shadows_are_opt_in():
+    """SimStyle.texture / .shadow: the engine's textures and cast shadows, off by default."""
+    from training.data.street_style import shadow_mask, sun_direction
+    rng = np.random.default_rng(0)
+    layout = sample_layout(rng, 60.0, 'urban')
+    cam = Camera.kitti_like(64, 128, 1.5, layout.ego_x, 10.0)
+    geo = ray_cast(layout, cam)
+    flat = render_sim(geo, layout, SimStyle()).astype(np.float32)
+    assert np.array_equal(flat, render_sim(geo, layout, SimStyle(), cam))
+    textured = render_sim(geo, layout, SimStyle(texture=0.6), cam).astype(np.float32)
+    sky = geo.labels == C['sky']
+    assert np.array_equal(textured[sky], flat[sky])            # no texture on the sky
+    road = geo.labels == C['road']
+    assert np.abs(textured[road] - flat[road]).mean() > 3.0    # the asphalt's grain
+    style = SimStyle(shadow=0.5)
+    with pytest.raises(ValueError, match='camera'):
+        render_sim(geo, layout, style)
+    shaded = render_sim(geo, layout, style, cam).astype(np.float32)
+    mask = shadow_mask(geo, layout, cam, sun_direction(style.sun_azimuth_deg,
+                                                       style.sun_elevation_deg))
+    assert mask.any() and not mask.all()
+    ratio = shaded[mask].sum() / flat[mask].sum()
+    assert 0.45 < ratio < 0.56                                 # halved, uint8 rounding aside
+    assert np.abs(shaded[~mask] - flat[~mask]).max() == 0      # nothing else changes
+
+
+def test_manifest_records_new_sim_fields_only_when_set(tmp_path):
+    """Trees made before SimStyle.texture/.shadow existed stay up to date."""
+    kw = {**KW, 'real_frames': 0, 'sim_frames': 2}
+    plain = generate(tmp_path / 'plain', workers=1, **kw)
+    assert not {'texture', 'texture_seed', 'shadow'} & set(plain['request']['sim_style'])
+    tex = generate(tmp_path / 'tex', workers=1, sim_style=('texture=0.6', 'shadow=0.45'), **kw)
+    assert tex['request']['sim_style']['texture'] == 0.6
+    assert tex['request']['sim_style']['shadow'] == 0.45
+    a = sorted((tmp_path / 'plain').rglob('rgb_*.jpg'))
+    b = sorted((tmp_path / 'tex').rglob('rgb_*.jpg'))
+    assert len(a) == len(b) == 2
+    diff = np.abs(cv2.imread(str(a[0])).astype(int) - cv2.imread(str(b[0]))).mean()
+    assert diff > 1.0
+    sun = generate(tmp_path / 'sun', workers=1,
+                   sim_style=('texture=0.6', 'shadow=0.45', 'scene_sun=1'), **kw)
+    assert sun['request']['sim_style']['scene_sun'] is True
+    c = sorted((tmp_path / 'sun').rglob('rgb_*.jpg'))
+    assert np.abs(cv2.imread(str(c[0])).astype(int) - cv2.imread(str(b[0]))).mean() > 1.0
+    depth = sorted((tmp_path / 'sun').rglob('depth_*.png'))     # the same scene, lit otherwise
+    assert np.array_equal(cv2.imread(str(depth[0]), cv2.IMREAD_UNCHANGED), cv2.imread(
+        str(sorted((tmp_path / 'tex').rglob('depth_*.png'))[0]), cv2.IMREAD_UNCHANGED))

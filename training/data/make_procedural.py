@@ -158,6 +158,10 @@ def _render_frames(cfg, domain, index, start, stop):
     stats = {}
     if domain == SIM:
         base = SimStyle(**cfg['sim_style'])
+        if base.scene_sun:
+            sun_rng = np.random.default_rng([cfg['seed'], SIM, index, 3])
+            base = replace(base, sun_azimuth_deg=float(sun_rng.uniform(-180, 180)),
+                           sun_elevation_deg=float(sun_rng.uniform(20, 60)))
         scene = out / 'vkitti2' / scene_name(index)
         for k in range(start, stop):
             geos = {}
@@ -168,9 +172,9 @@ def _render_frames(cfg, domain, index, start, stop):
                 if key not in geos:
                     cam = Camera.kitti_like(h, w, style.cam_height_m, seq['x'][k], seq['z'][k],
                                             style.pitch_deg, yaw)
-                    geos[key] = ray_cast(layout, cam)
-                geo = geos[key]
-                rgb = render_sim(geo, layout, style)
+                    geos[key] = ray_cast(layout, cam), cam
+                geo, cam = geos[key]
+                rgb = render_sim(geo, layout, style, cam)
                 frames = scene / variation / 'frames'
                 write_rgb(frames / 'rgb' / 'Camera_0' / f'rgb_{k:05d}.jpg', rgb,
                           style.jpeg_quality)
@@ -274,6 +278,18 @@ def render_config(request, out=''):
             'real_style': _tuples(request['real_style'])}
 
 
+#: SimStyle fields added after data was first generated: recorded in a manifest only when
+#: set, so trees made before them (the same pixels) stay up to date.
+_SIM_ADDED = ('texture', 'texture_seed', 'shadow', 'scene_sun')
+
+
+def _recorded(sim):
+    """Return ``sim``'s fields for the manifest, the later additions only when changed."""
+    default = SimStyle()
+    return {k: v for k, v in asdict(sim).items()
+            if k not in _SIM_ADDED or v != getattr(default, k)}
+
+
 def _tuples(style):
     """Return a style dict from JSON with its lists back as the dataclass's tuples."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in style.items()}
@@ -313,7 +329,7 @@ def generate(out, sim_frames=DEFAULT_SIM_FRAMES, real_frames=DEFAULT_REAL_FRAMES
     request = json.loads(json.dumps({
         'sim_frames': sim_frames, 'real_frames': real_frames, 'height': height, 'width': width,
         'seed': int(seed), 'variations': variations, 'frames_per_sequence': seq_len,
-        'sim_style': asdict(sim), 'real_style': asdict(real)}))
+        'sim_style': _recorded(sim), 'real_style': asdict(real)}))
     cfg = render_config(request, out)
     frames = cfg['frames']
     focal = Camera.kitti_like(height, width, 1.0).fx

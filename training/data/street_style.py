@@ -2,7 +2,8 @@
 
 Both styles shade the same geometry with the same base colours, so the label statistics of
 the two domains match; the gap is appearance only. Sim: flat per-class colours with Lambert
-shading, like a game engine (plus VKITTI 2's weather/time variations). Real: surface
+shading, like a game engine (plus VKITTI 2's weather/time variations), optionally with the
+engine's own surface textures and cast shadows (``SimStyle.texture``, ``.shadow``). Real: surface
 textures, a random sun with cast shadows, colour balance, exposure, vignetting, blur,
 sensor noise and JPEG artefacts, each scaled by ``RealStyle.gap``; and the KITTI-like sparse
 LiDAR ground truth (``lidar_depth``).
@@ -39,7 +40,15 @@ VEHICLES = (C['car'], C['van'], C['truck'])
 
 @dataclass(frozen=True)
 class SimStyle:
-    """Game-engine look: one colour per class/instance, Lambert shading, no texture."""
+    """Game-engine look: one colour per class/instance, Lambert shading.
+
+    ``texture`` and ``shadow`` (0 = off, the default) give it what Virtual KITTI 2's engine
+    renders and a flat-shaded sim lacks: surface textures (one fixed set of assets,
+    ``texture_seed``, the same in every scene, unlike the real drives' own) and hard cast
+    shadows of its sun; ``scene_sun`` gives each scene its own sun, as each of VKITTI 2's
+    worlds is lit its own way. Without them a sim-trained network reads any texture or
+    shadow edge on a real road as structure, and a facade's shading as its orientation.
+    """
 
     sun_azimuth_deg: float = 35.0
     sun_elevation_deg: float = 50.0
@@ -55,6 +64,10 @@ class SimStyle:
     cam_height_m: float = 1.50
     pitch_deg: float = 0.0
     jpeg_quality: int = 95               # VKITTI 2 ships JPEG frames
+    texture: float = 0.0                 # amplitude of the engine's surface textures
+    texture_seed: int = 7                # the engine's one set of texture assets
+    shadow: float = 0.0                  # darkening inside cast shadows of the sim sun
+    scene_sun: bool = False              # each scene its own sun (VKITTI 2's worlds differ)
 
 
 #: VKITTI 2 variations as style overrides of ``clone``.
@@ -210,11 +223,18 @@ def _sky(rays, top, horizon):
     return np.asarray(horizon, np.float32) * (1 - t) + np.asarray(top, np.float32) * t
 
 
-def render_sim(geo, layout, style):
-    """Sim-style RGB uint8 frame of ``geo``."""
+def render_sim(geo, layout, style, cam=None):
+    """Sim-style RGB uint8 frame of ``geo`` (``cam``: needed when ``style.shadow`` > 0)."""
     col = base_colours(geo, layout)
+    _textures(geo, layout, col, style.texture, style.texture_seed)
     sun = sun_direction(style.sun_azimuth_deg, style.sun_elevation_deg)
-    img = col * _lambert(geo, sun, style.ambient, style.diffuse)[..., None]
+    light = _lambert(geo, sun, style.ambient, style.diffuse)
+    if style.shadow > 0:
+        if cam is None:
+            raise ValueError('SimStyle.shadow > 0 needs the camera')
+        shade = shadow_mask(geo, layout, cam, sun)
+        light[shade] = light[shade] * (1 - style.shadow)
+    img = col * light[..., None]
     img *= np.asarray(style.light, np.float32)
     sky = geo.kind == KIND_SKY
     img[sky] = _sky(geo.rays[:, sky], style.sky_top, style.sky_horizon)
