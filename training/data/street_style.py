@@ -46,8 +46,8 @@ class SimStyle:
     renders and a flat-shaded sim lacks: surface textures (one fixed set of assets,
     ``texture_seed``, the same in every scene, unlike the real drives' own) and hard cast
     shadows of its sun; ``scene_sun`` gives each scene its own sun, as each of VKITTI 2's
-    worlds is lit its own way. Without them a sim-trained network reads any texture or
-    shadow edge on a real road as structure, and a facade's shading as its orientation.
+    worlds is lit its own way. Without textures and shadows a network trained on the sim
+    reads any texture or shadow edge on a real road as structure (docs/benchmarks.md).
     """
 
     sun_azimuth_deg: float = 35.0
