@@ -79,7 +79,7 @@ SIM_TEXTURED = ('texture=0.6', 'shadow=0.45')
 SIM_LOOKS = ('flat', 'textured')
 TEXTURED_ROOT = '{sim_textured_root}'   # replaced by that tree's path
 WITH_TEXTURED_SIM = [f'data.sim.root={TEXTURED_ROOT}']
-TEXTURED_SUN_ROOT = '{sim_textured_sun_root}'
+TEXTURED_SUN_ROOT = '{sim_textured_sun_root}'   # the same, each scene lit by its own sun
 WITH_TEXTURED_SUN_SIM = [f'data.sim.root={TEXTURED_SUN_ROOT}']
 #: The real-style frames follow KITTI's (Cityscapes') taxonomy, which has no van: the
 #: ``*_kitti`` rows train with VKITTI 2's vans read as car.
@@ -431,7 +431,7 @@ def make_data(out, spec):
 
 
 def with_sim_roots(out, spec, rows):
-    """Generate the sim trees of the ``*_vars`` and ``*_tex`` rows when a row needs one.
+    """Generate the sim trees of ``*_vars``, the textured sim and ``sim_only_tex_sun`` as needed.
 
     Returns the rows with each tree's path in place of its placeholder.
     """
@@ -458,8 +458,11 @@ def compare_dir(out, sim_look='flat'):
 
 
 def with_sim_look(rows, sim_look):
-    """Return the rows training on ``sim_look``'s sim: every row but the oracle's and those
-    that name a sim tree of their own."""
+    """Return the rows as ``sim_look`` trains them.
+
+    On the textured sim every row trains on its tree but the oracle's (it reads no sim frame)
+    and those that name a sim tree of their own.
+    """
     if sim_look == 'flat':
         return rows
     return [(name, method, extra if method == 'oracle' or any(

@@ -141,11 +141,15 @@ def test_existing_output_rules(gen, tmp_path):
         open_source({'format': 'procedural_sim', 'root': str(tmp_path / 'nothing')})
 
 
-def test_gap_parameter_controls_the_appearance_gap():
-    rng = np.random.default_rng(0)
-    layout = sample_layout(rng, 60.0, 'urban')
+def _street():
+    """One urban street seen from 1.5 m: (layout, camera, ray-cast geometry)."""
+    layout = sample_layout(np.random.default_rng(0), 60.0, 'urban')
     cam = Camera.kitti_like(64, 128, 1.5, layout.ego_x, 10.0)
-    geo = ray_cast(layout, cam)
+    return layout, cam, ray_cast(layout, cam)
+
+
+def test_gap_parameter_controls_the_appearance_gap():
+    layout, cam, geo = _street()
     sim = render_sim(geo, layout, SimStyle()).astype(np.float32)
     diffs = []
     for gap in (0.0, 1.0):
@@ -199,10 +203,7 @@ def test_cli_help_preview_and_errors(gen, tmp_path, capsys):
 def test_sim_textures_and_shadows_are_opt_in():
     """SimStyle.texture / .shadow: the engine's textures and cast shadows, off by default."""
     from training.data.street_style import shadow_mask, sun_direction
-    rng = np.random.default_rng(0)
-    layout = sample_layout(rng, 60.0, 'urban')
-    cam = Camera.kitti_like(64, 128, 1.5, layout.ego_x, 10.0)
-    geo = ray_cast(layout, cam)
+    layout, cam, geo = _street()
     flat = render_sim(geo, layout, SimStyle()).astype(np.float32)
     assert np.array_equal(flat, render_sim(geo, layout, SimStyle(), cam))
     textured = render_sim(geo, layout, SimStyle(texture=0.6), cam).astype(np.float32)
