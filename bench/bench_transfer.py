@@ -460,12 +460,14 @@ def compare_dir(out, sim_look='flat'):
 def with_sim_look(rows, sim_look):
     """Return the rows as ``sim_look`` trains them.
 
-    On the textured sim every row trains on its tree but the oracle's (it reads no sim frame)
-    and those that name a sim tree of their own.
+    On the textured sim every row trains on its tree but those whose method reads no sim
+    frame (the oracle; ``training.compare.UNUSED_KEYS``) and those that name a sim tree of
+    their own.
     """
     if sim_look == 'flat':
         return rows
-    return [(name, method, extra if method == 'oracle' or any(
+    from training.compare import UNUSED_KEYS
+    return [(name, method, extra if 'data.sim' in UNUSED_KEYS.get(method, ()) or any(
         o.startswith('data.sim.root=') for o in extra) else extra + WITH_TEXTURED_SIM, what)
         for name, method, extra, what in rows]
 
