@@ -348,6 +348,9 @@ ROWS = (
      "variant: sim_only_aug trained on VKITTI 2's six variations of each sim viewpoint"),
     ('twin_vae_vars', 'twin_vae', WARM_MMD + WITH_VARIATIONS,
      "variant: twin_vae_warm_mmd trained on VKITTI 2's six variations of each sim viewpoint"),
+    ('sim_only_jitter', 'sim_only', ['data.sim.appearance_aug=0.0', 'data.sim.color_jitter=0.2'],
+     "ablation: sim_only with torchvision-style colour jitter (brightness, contrast, "
+     'saturation, hue): does it stop the depth scale following the colour of the frame?'),
     ('sim_only_tex_sun', 'sim_only', ['data.sim.appearance_aug=0.0'] + WITH_TEXTURED_SUN_SIM,
      'variant: sim_only on the textured sim (--sim-look textured) with each sim scene lit by '
      "its own sun (SimStyle.scene_sun), as each of Virtual KITTI 2's worlds is"),
