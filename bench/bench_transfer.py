@@ -5,12 +5,13 @@ KITTI 2 tree; real-style: KITTI tree with a photo look), then trains and scores 
 ``ROWS`` for seeds 0, 1, 2 with ``training.compare`` at the ``cpu`` preset's fixed step
 budget, and writes ``bench/results/bench_transfer.json`` and ``.md`` plus a learning-curve
 figure. Rows: the ``mean_prior`` floor, ``sim_only`` (no adaptation), ``oracle``
-(supervised on the real-style labels: the ceiling), the paper's recipe at this budget, and
-the project's variants. The benchmark checks its own validity (every learned row beats the
-floor; the oracle is separated from sim_only by more than three seed stds; a domain gap
-exists) and prints the targets of issue 10. Finished runs are reused (``--retrain`` redoes
-them); ``--reuse`` carries rows over from an earlier results JSON, so a new row can join the
-table on a machine that does not hold the old runs. See docs/benchmarks.md.
+(supervised on the real-style labels: the ceiling; both standardise each frame first), the
+paper's recipe at this budget, and the project's variants. The benchmark checks its own
+validity (every learned row beats the floor; the oracle is separated from sim_only by more
+than three seed stds; a domain gap exists) and prints the targets of issue 10. Finished
+runs are reused (``--retrain`` redoes them); ``--reuse`` carries rows over from an earlier
+results JSON, so a new row can join the table on a machine that does not hold the old runs.
+See docs/benchmarks.md.
 """
 import argparse
 import json
@@ -66,6 +67,9 @@ NO_PSEUDO = WARM_MMD + PSEUDO_OFF + ['train.stage2_steps=240']
 #: Virtual KITTI 2 renders every clone viewpoint again at other times of day and weathers;
 #: the ``*_vars`` rows train on six of them (the same viewpoints, 6x the sim images) from a
 #: tree of their own (``--out``/data_variations), so every other row's data stays as it is.
+#: Per-image, per-channel standardisation before the stem (``model.input_norm``).
+INPUT_NORM = 'model.input_norm=image'
+INPUT_NORM_JOINT = 'model.input_norm=image_joint'
 SIM_VARIATIONS = ('clone', 'morning', 'sunset', 'overcast', 'fog', 'rain')
 VARS_ROOT = '{sim_variations_root}'   # replaced by that tree's path
 WITH_VARIATIONS = [f'data.sim.root={VARS_ROOT}', 'data.sim.variations=[]']   # [] = all there
@@ -98,9 +102,15 @@ ST850_R2 = [o for o in ST700_R2 if o != 'train.supervised_steps=700']
 #: network (skips, log depth, cosine lr) and depth loss: only adaptation differs.
 ROWS = (
     ('mean_prior', 'mean_prior', [], 'floor: per-pixel mean sim depth / most frequent label'),
-    ('sim_only', 'sim_only', ['data.sim.appearance_aug=0.0'],
-     'the network supervised on clean sim frames: no adaptation'),
-    ('oracle', 'oracle', [], 'the network supervised on real-style labels: the ceiling'),
+    ('sim_only', 'sim_only', ['data.sim.appearance_aug=0.0', INPUT_NORM],
+     'the network supervised on clean sim frames: no adaptation; each frame standardised per '
+     'channel first (model.input_norm: image), so its depth cannot follow the white balance'),
+    ('oracle', 'oracle', [INPUT_NORM],
+     "the network supervised on real-style labels: the ceiling; sim_only's standardisation"),
+    ('sim_only_raw', 'sim_only', ['data.sim.appearance_aug=0.0'],
+     'reference: sim_only without the standardisation (the sim_only row before 2026-12-07)'),
+    ('oracle_raw', 'oracle', [],
+     'reference: the oracle without the standardisation (the oracle row before 2026-12-07)'),
     ('twin_vae_paper', 'twin_vae', PAPER_RECIPE, "the paper's twin-VAE recipe at this budget"),
     ('twin_vae', 'twin_vae', [], 'the cpu preset recipe (shipped default)'),
     ('sim_only_aug', 'sim_only', [],
@@ -351,6 +361,17 @@ ROWS = (
     ('sim_only_jitter', 'sim_only', ['data.sim.appearance_aug=0.0', 'data.sim.color_jitter=0.2'],
      "ablation: sim_only with torchvision-style colour jitter (brightness, contrast, "
      'saturation, hue): does it stop the depth scale following the colour of the frame?'),
+    ('sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05_inorm_joint', 'sim_only',
+     ST700_R2 + ['train.self_train_keep=0.8', f'train.self_train_paste={THINGS}',
+                 'train.self_train_lr=5.0e-4', INPUT_NORM_JOINT],
+     'ablation: sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05_inorm with '
+     'one std over all channels (model.input_norm: image_joint), which keeps the channels\' '
+     'relative contrast'),
+    ('sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05_inorm', 'sim_only',
+     ST700_R2 + ['train.self_train_keep=0.8', f'train.self_train_paste={THINGS}',
+                 'train.self_train_lr=5.0e-4', INPUT_NORM],
+     'ablation: sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05 with the per-image '
+     'standardisation of sim_only (model.input_norm: image)'),
     ('sim_only_tex_sun', 'sim_only', ['data.sim.appearance_aug=0.0'] + WITH_TEXTURED_SUN_SIM,
      'variant: sim_only on the textured sim (--sim-look textured) with each sim scene lit by '
      "its own sun (SimStyle.scene_sun), as each of Virtual KITTI 2's worlds is"),
@@ -362,6 +383,8 @@ ROWS = (
 DEFAULT_ROWS = ('mean_prior', 'sim_only', 'oracle', 'twin_vae_paper', 'twin_vae',
                 'sim_only_aug', 'sim_only_region', 'sim_only_region_kitti')
 BASELINES = ('mean_prior', 'sim_only', 'oracle')
+#: The baselines as they were before they standardised their input: shown, never adapted rows.
+REFERENCES = ('sim_only_raw', 'oracle_raw')
 #: Rows that train longer than the 8-minute budget: shown (marked), never a target's best row.
 OVER_BUDGET = ('self_train_region_kitti', 'sim_only_region_kitti_st850',
                'sim_only_region_kitti_st850_b2', 'sim_only_region_kitti_st850_b2_noreal',
@@ -672,12 +695,12 @@ def validity(methods):
 def targets(methods, gaps, trained_as=None):
     """Return issue 10's targets with their figures (reported, not asserted).
 
-    Adapted rows: every row but the baselines and the variants of the floor and the oracle
-    (``trained_as``: row -> method), which see real labels or nothing, and the rows over the
-    budget (``OVER_BUDGET``).
+    Adapted rows: every row but the baselines, their references (``REFERENCES``) and the
+    variants of the floor and the oracle (``trained_as``: row -> method), which see real
+    labels or nothing, and the rows over the budget (``OVER_BUDGET``).
     """
     trained_as = trained_as or {}
-    adapted = [n for n in methods if n not in BASELINES and n not in OVER_BUDGET
+    adapted = [n for n in methods if n not in BASELINES + REFERENCES and n not in OVER_BUDGET
                and trained_as.get(n) not in ('oracle', 'mean_prior')]
 
     def best_of(names):

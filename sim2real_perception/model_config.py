@@ -16,6 +16,12 @@ SKIPS = ('none', 'shared', 'all')
 #: per-pixel residual over the sim mean prior (residual: depth before tanh plus the prior's
 #: depth, logits plus the log of the prior's class frequencies), so a run starts at the floor.
 PRIORS = ('none', 'residual')
+#: What the encoders do to an image before the stem: nothing (none, the paper); subtract
+#: each channel's mean over the image and divide by its std (image), so a camera's white
+#: balance, exposure and contrast never reach the network; or subtract each channel's mean
+#: and divide by one std over all channels (image_joint), which keeps the channels' relative
+#: contrast (how saturated the scene is) and removes only part of a white balance.
+INPUT_NORMS = ('none', 'image', 'image_joint')
 #: Deployed network kinds: the twin-VAE's real encoder + heads, or the per-pixel prior floor.
 ARCHITECTURES = ('twin_vae', 'mean_prior')
 
@@ -44,6 +50,7 @@ class ModelConfig:
     skips: str = 'none'
     prior: str = 'none'
     architecture: str = 'twin_vae'
+    input_norm: str = 'none'
 
     @classmethod
     def from_dict(cls, data):
@@ -115,6 +122,9 @@ class ModelConfig:
             raise ValueError(f'model.skips={self.skips!r}: must be one of {SKIPS}')
         if self.prior not in PRIORS:
             raise ValueError(f'model.prior={self.prior!r}: must be one of {PRIORS}')
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f'model.input_norm={self.input_norm!r}: must be one of '
+                             f'{INPUT_NORMS}')
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f'model.architecture={self.architecture!r}: must be one of '
                              f'{ARCHITECTURES}')

@@ -50,6 +50,18 @@ def test_rows_over_the_budget_are_shown_marked_and_never_the_best():
     assert all(name in [r[0] for r in bt.ROWS] for name in bt.OVER_BUDGET)
 
 
+def test_the_unstandardised_references_are_shown_never_the_best():
+    rows = {**ROWS, 'sim_only_raw': (0.17, 0.43, 0.01, 0.01)}   # would be the best row
+    methods = _methods(rows)
+    out = bt.targets(methods, bt.gap_fractions(methods),
+                     {'sim_only_raw': 'sim_only', 'oracle_l1': 'oracle'})
+    assert out['best_adapted'] == 'twin' and 'sim_only_raw' in bt.gap_fractions(methods)
+    defs = {name: sets for name, _, sets, _ in bt.ROWS}
+    for base in ('sim_only', 'oracle'):   # the baselines standardise; their references not
+        assert bt.INPUT_NORM in defs[base] and bt.INPUT_NORM not in defs[f'{base}_raw']
+        assert [o for o in defs[base] if o != bt.INPUT_NORM] == defs[f'{base}_raw']
+
+
 def test_best_adapted_beating_the_floor_skips_rows_worse_than_a_constant():
     rows = {**ROWS, 'good': (0.19, 0.33, 0.01, 0.01)}   # beats the floor (0.20, 0.24)
     methods = _methods(rows)

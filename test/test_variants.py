@@ -257,7 +257,9 @@ def test_training_with_class_balance_counts_the_labelled_frames(tiny_data, tmp_p
 VARIANTS = {'skips_shared': {'skips': 'shared', 'shared_layers': 8},
             'skips_all': {'skips': 'all'},
             'skips_shared_default_sharing': {'skips': 'shared'},
-            'prior_residual': {'skips': 'shared', 'shared_layers': 8, 'prior': 'residual'}}
+            'prior_residual': {'skips': 'shared', 'shared_layers': 8, 'prior': 'residual'},
+            'input_norm_image': {'skips': 'shared', 'shared_layers': 8, 'prior': 'residual',
+                                 'input_norm': 'image'}}
 
 
 def prior_maps(cfg):
@@ -350,7 +352,8 @@ def test_mean_prior_is_served_as_its_maps(variant_dirs):
         assert np.allclose(a.depth, net.depth_map.numpy())
 
 
-@pytest.mark.parametrize('name', ['skips_shared', 'prior_residual', 'mean_prior'])
+@pytest.mark.parametrize('name', ['skips_shared', 'prior_residual', 'input_norm_image',
+                                  'mean_prior'])
 def test_variant_is_served_by_the_node(context, variant_dirs, name):
     d = variant_dirs[name]
     node = DepthSegNode(context=context, namespace=f'/variant_{name}', parameter_overrides=[
@@ -371,6 +374,33 @@ def test_variant_is_served_by_the_node(context, variant_dirs, name):
     finally:
         harness.close()
         node.destroy_node()
+
+
+def test_input_norm_removes_a_per_channel_gain_and_offset():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 128, 128) * 1.6 - 0.8
+    gain = torch.tensor([0.7, 1.0, 1.3]).view(1, 3, 1, 1)
+    offset = torch.tensor([0.1, -0.05, 0.0]).view(1, 3, 1, 1)
+    shifted = x * gain + offset   # a white balance and exposure change
+    brighter = x * 1.2 + 0.1    # one gain for every channel: exposure, contrast
+    for norm, moved, moved_by_exposure in (('image', False, False), ('image_joint', True, False),
+                                           ('none', True, True)):
+        stem = TwinVAE(model_cfg(input_norm=norm)).enc_real.layers[0].eval()
+        a = stem(x)
+        scale = a.abs().max().item()
+        # float32: the standardised inputs agree to ~1e-6 of their unit scale
+        assert ((a - stem(shifted)).abs().max().item() > 0.05 * scale) is moved
+        assert ((a - stem(brighter)).abs().max().item() > 0.05 * scale) is moved_by_exposure
+    with pytest.raises(ValueError, match='input_norm'):
+        model_cfg(input_norm='sometimes')
+
+
+def test_input_norm_keeps_checkpoint_keys_and_a_flat_image_finite():
+    plain, normed = TwinVAE(model_cfg()), TwinVAE(model_cfg(input_norm='image'))
+    assert plain.state_dict().keys() == normed.state_dict().keys()
+    net = DepthSegNet(model_cfg(input_norm='image')).eval()
+    depth, labels = net(torch.full((1, 128, 128, 3), 77, dtype=torch.uint8))
+    assert torch.isfinite(depth).all() and labels.shape == (1, 128, 128)
 
 
 def test_residual_prior_by_hand():

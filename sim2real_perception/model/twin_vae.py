@@ -49,13 +49,37 @@ class OutputLayer(nn.Sequential):
         super().__init__(*layers)
 
 
+class Stem(nn.Sequential):
+    """Row 1: Conv2D + LeakyReLU, after the optional per-image standardisation.
+
+    ``norm`` (``model.input_norm``) ``image`` maps each channel of each image to mean 0 and
+    std 1 first: a per-channel gain and offset (white balance, exposure, contrast) then
+    leaves no trace in what the network sees. ``image_joint`` centres each channel but
+    divides by one std over all channels. It holds no weights, so checkpoints keep their
+    keys either way.
+    """
+
+    def __init__(self, in_ch, out_ch, kernel_size, norm='none'):
+        super().__init__(nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
+                         nn.LeakyReLU(0.2, inplace=True))
+        self.norm = norm
+
+    def forward(self, x):
+        if self.norm != 'none':
+            x = x - x.mean(dim=(2, 3), keepdim=True)
+            dims = (2, 3) if self.norm == 'image' else (1, 2, 3)
+            x = x / x.square().mean(dim=dims, keepdim=True).add(STD_EPS).sqrt()
+        return super().forward(x)
+
+
+#: Keeps a flat channel (a uniform test image) finite: std floor of about 0.03 on [-1, 1].
+STD_EPS = 1e-3
+
+
 def encoder_layers(cfg):
     """Rows 1-10 as a list of modules."""
     k = cfg.kernel_size
-    layers = [nn.Sequential(
-        nn.Conv2d(cfg.in_channels, cfg.stem_channels, cfg.stem_kernel,
-                  padding=cfg.stem_kernel // 2),
-        nn.LeakyReLU(0.2, inplace=True))]
+    layers = [Stem(cfg.in_channels, cfg.stem_channels, cfg.stem_kernel, cfg.input_norm)]
     prev = cfg.stem_channels
     for ch in cfg.pack_channels:
         layers.append(PackLayer(prev, ch, k, cfg.packing_d))
