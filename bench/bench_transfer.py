@@ -64,12 +64,13 @@ PAPER_RECIPE = WARM_MMD + L2 + [
 #: (the same ~5.7 min). The older ablations are of this recipe, so their runs stay valid.
 PSEUDO_OFF = ['loss.s2_pseudo_ce=0.0', 'loss.s2_pseudo_depth=0.0']
 NO_PSEUDO = WARM_MMD + PSEUDO_OFF + ['train.stage2_steps=240']
+#: Per-image standardisation before the stem (``model.input_norm``): each channel to mean 0
+#: and std 1 (the baselines' since 2026-12-07), or centred with one std over all channels.
+INPUT_NORM = 'model.input_norm=image'
+INPUT_NORM_JOINT = 'model.input_norm=image_joint'
 #: Virtual KITTI 2 renders every clone viewpoint again at other times of day and weathers;
 #: the ``*_vars`` rows train on six of them (the same viewpoints, 6x the sim images) from a
 #: tree of their own (``--out``/data_variations), so every other row's data stays as it is.
-#: Per-image, per-channel standardisation before the stem (``model.input_norm``).
-INPUT_NORM = 'model.input_norm=image'
-INPUT_NORM_JOINT = 'model.input_norm=image_joint'
 SIM_VARIATIONS = ('clone', 'morning', 'sunset', 'overcast', 'fog', 'rain')
 VARS_ROOT = '{sim_variations_root}'   # replaced by that tree's path
 WITH_VARIATIONS = [f'data.sim.root={VARS_ROOT}', 'data.sim.variations=[]']   # [] = all there

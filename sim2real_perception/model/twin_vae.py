@@ -49,6 +49,10 @@ class OutputLayer(nn.Sequential):
         super().__init__(*layers)
 
 
+#: Keeps a flat channel (a uniform test image) finite: std floor of about 0.03 on [-1, 1].
+STD_EPS = 1e-3
+
+
 class Stem(nn.Sequential):
     """Row 1: Conv2D + LeakyReLU, after the optional per-image standardisation.
 
@@ -70,10 +74,6 @@ class Stem(nn.Sequential):
             dims = (2, 3) if self.norm == 'image' else (1, 2, 3)
             x = x / x.square().mean(dim=dims, keepdim=True).add(STD_EPS).sqrt()
         return super().forward(x)
-
-
-#: Keeps a flat channel (a uniform test image) finite: std floor of about 0.03 on [-1, 1].
-STD_EPS = 1e-3
 
 
 def encoder_layers(cfg):
