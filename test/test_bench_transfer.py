@@ -9,6 +9,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'bench'))
 import bench_transfer as bt  # noqa: E402
 
+#: Each benchmark row's config overrides, by row name.
+ROW_SETS = {name: sets for name, _, sets, _ in bt.ROWS}
+
 
 def _methods(rows):
     """rows: name -> (abs_rel, miou, abs_rel std, miou std) on real; sim mIoU 0.45."""
@@ -56,16 +59,14 @@ def test_the_unstandardised_references_are_shown_never_the_best():
     out = bt.targets(methods, bt.gap_fractions(methods),
                      {'sim_only_raw': 'sim_only', 'oracle_l1': 'oracle'})
     assert out['best_adapted'] == 'twin' and 'sim_only_raw' in bt.gap_fractions(methods)
-    defs = {name: sets for name, _, sets, _ in bt.ROWS}
     for base in ('sim_only', 'oracle'):   # the baselines standardise; their references not
-        assert bt.INPUT_NORM in defs[base] and bt.INPUT_NORM not in defs[f'{base}_raw']
-        assert [o for o in defs[base] if o != bt.INPUT_NORM] == defs[f'{base}_raw']
+        assert bt.INPUT_NORM in ROW_SETS[base] and bt.INPUT_NORM not in ROW_SETS[f'{base}_raw']
+        assert [o for o in ROW_SETS[base] if o != bt.INPUT_NORM] == ROW_SETS[f'{base}_raw']
 
 
 def test_paper_recipe_keeps_the_paper_network_and_gets_the_baselines_wall_time():
     from sim2real_perception.config import load_config
-    defs = {name: sets for name, _, sets, _ in bt.ROWS}
-    cfg = load_config('cpu', defs['twin_vae_paper'])
+    cfg = load_config('cpu', ROW_SETS['twin_vae_paper'])
     model, train = cfg['model'], cfg['train']
     assert (model['skips'], model['shared_layers'], model['depth_encoding'], model['prior']) == (
         'none', 3, 'linear', 'none')
@@ -75,8 +76,8 @@ def test_paper_recipe_keeps_the_paper_network_and_gets_the_baselines_wall_time()
     # about 30 s of stage 1, export and scoring); the old row had 120 (under half of it).
     seconds = train['stage2_steps'] * 1.5
     assert load_config('cpu')['train']['supervised_steps'] * 0.45 <= seconds <= 480 - 30
-    old = defs['twin_vae_paper_120']
-    assert old[:-1] == defs['twin_vae_paper'] and old[-1] == 'train.stage2_steps=120'
+    old = ROW_SETS['twin_vae_paper_120']
+    assert old[:-1] == ROW_SETS['twin_vae_paper'] and old[-1] == 'train.stage2_steps=120'
 
 
 def test_best_adapted_beating_the_floor_skips_rows_worse_than_a_constant():
