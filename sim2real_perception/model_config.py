@@ -104,11 +104,15 @@ class ModelConfig:
         return sources
 
     def validate(self):
-        for side, size in (('height', self.height), ('width', self.width)):
-            if size <= 0 or size % 128:
-                raise ValueError(f'model.{side}={size}: must be a positive multiple of 128')
         if not self.pack_channels:
             raise ValueError('model.pack_channels must not be empty')
+        # Each packing layer halves the size, and the latent's InstanceNorm needs at least 2
+        # pixels a side: 128 for Table 2's six packings, 64 for one packing fewer.
+        step = 2 * self.downsampling
+        for side, size in (('height', self.height), ('width', self.width)):
+            if size <= 0 or size % step:
+                raise ValueError(f'model.{side}={size}: must be a positive multiple of {step} '
+                                 '(2 ** (len(pack_channels) + 2))')
         if not 1 <= self.shared_layers <= self.num_encoder_layers:
             raise ValueError(f'model.shared_layers={self.shared_layers}: must be in '
                              f'1..{self.num_encoder_layers}')

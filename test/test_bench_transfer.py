@@ -80,6 +80,26 @@ def test_paper_recipe_keeps_the_paper_network_and_gets_the_baselines_wall_time()
     assert old[:-1] == ROW_SETS['twin_vae_paper'] and old[-1] == 'train.stage2_steps=120'
 
 
+def test_paper_ablations_change_only_the_latent_or_the_cost_of_a_step():
+    from sim2real_perception.config import load_config
+    from sim2real_perception.model import ModelConfig
+
+    def latent(row):
+        cfg = ModelConfig.from_dict(load_config('cpu', ROW_SETS[row])['model'])
+        return cfg.height // cfg.downsampling, cfg.width // cfg.downsampling
+
+    paper = ROW_SETS['twin_vae_paper']
+    assert latent('twin_vae_paper') == (2, 4)
+    assert ROW_SETS['twin_vae_paper_pack4'][:len(paper)] == paper
+    assert latent('twin_vae_paper_pack4') == (8, 16)
+    assert ROW_SETS['twin_vae_paper_64x128'][:len(paper)] == paper
+    small = load_config('cpu', ROW_SETS['twin_vae_paper_64x128'])
+    assert (small['model']['height'], small['model']['width']) == (64, 128)
+    assert latent('twin_vae_paper_64x128') == (2, 4)
+    # About 0.28 s a step at 64x128 (1.5 s at 128x256): the steps stay inside 8 minutes.
+    assert small['train']['stage2_steps'] * 0.28 <= 480 - 30
+
+
 def test_best_adapted_beating_the_floor_skips_rows_worse_than_a_constant():
     rows = {**ROWS, 'good': (0.19, 0.33, 0.01, 0.01)}   # beats the floor (0.20, 0.24)
     methods = _methods(rows)
