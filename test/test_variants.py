@@ -325,12 +325,16 @@ def variant_dirs(tmp_path_factory):
     prior = MeanPriorNet(cfg, torch.tensor(5.0 + yy * 0.5, dtype=torch.float32),
                          torch.tensor((xx // 32) % 12, dtype=torch.uint8))
     dirs['mean_prior'] = export_model_dir(prior, root / 'mean_prior')
+    # The paper network one packing shallower at 64x128 (bench row twin_vae_paper_64x128).
+    torch.manual_seed(1)
+    small = build_model(model_cfg(height=64, width=128, pack_channels=[4, 4, 8, 8])).eval()
+    dirs['paper_64x128'] = export_model_dir(small, root / 'paper_64x128')
     for d in dirs.values():
         export_onnx(d)
     return dirs
 
 
-@pytest.mark.parametrize('name', [*sorted(VARIANTS), 'mean_prior'])
+@pytest.mark.parametrize('name', [*sorted(VARIANTS), 'mean_prior', 'paper_64x128'])
 def test_variant_onnx_parity(variant_dirs, name):
     d = variant_dirs[name]
     max_err, same = parity_check(d, d / 'model.onnx')
@@ -353,7 +357,7 @@ def test_mean_prior_is_served_as_its_maps(variant_dirs):
 
 
 @pytest.mark.parametrize('name', ['skips_shared', 'prior_residual', 'input_norm_image',
-                                  'mean_prior'])
+                                  'mean_prior', 'paper_64x128'])
 def test_variant_is_served_by_the_node(context, variant_dirs, name):
     d = variant_dirs[name]
     node = DepthSegNode(context=context, namespace=f'/variant_{name}', parameter_overrides=[
