@@ -274,6 +274,12 @@ ROWS = (
      PASTE_LR05,
      'ablation: sim_only_region_kitti_bld_st700_r2_keep8_paste with half the self-training '
      'learning rate (5e-4; 3e-3 lost on every seed); same cost'),
+    ('sim_only_kitti_st700_r2_keep8_paste_lr05', 'sim_only',
+     ['data.sim.appearance_aug=0.0', INPUT_NORM]
+     + [o for o in PASTE_LR05 if not o.startswith('data.sim.region')],
+     'ablation: _paste_lr05 without its sim-side randomisation: the standardised sim_only in '
+     "KITTI's taxonomy, then the same self-training (which half buys what, on the textured "
+     'sim)'),
     ('sim_only_region_kitti_bld_st700_r2_keep8_paste_lr025', 'sim_only',
      ST700_R2 + ['train.self_train_keep=0.8', f'train.self_train_paste={THINGS}',
                  'train.self_train_lr=2.5e-4'],

@@ -100,6 +100,14 @@ def test_paper_ablations_change_only_the_latent_or_the_cost_of_a_step():
     assert small['train']['stage2_steps'] * 0.28 <= 480 - 30
 
 
+def test_self_training_ablation_drops_only_the_sim_side_randomisation():
+    full = ROW_SETS['sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05']
+    alone = ROW_SETS['sim_only_kitti_st700_r2_keep8_paste_lr05']
+    assert set(full) - set(alone) == {'data.sim.region_aug=1.0',
+                                      'data.sim.region_keep_hue=[building]'}
+    assert set(alone) - set(full) == set(ROW_SETS['sim_only'])   # the baseline's own settings
+
+
 def test_best_adapted_beating_the_floor_skips_rows_worse_than_a_constant():
     rows = {**ROWS, 'good': (0.19, 0.33, 0.01, 0.01)}   # beats the floor (0.20, 0.24)
     methods = _methods(rows)
