@@ -103,6 +103,27 @@ def test_paper_ablations_change_only_the_latent_or_the_cost_of_a_step():
     assert small['train']['stage2_steps'] * 0.28 <= TRAIN_CAP_S
 
 
+@pytest.mark.parametrize('row, base', [('twin_vae_paper_elbo', 'twin_vae_paper'),
+                                       ('twin_vae_paper_64x128_elbo', 'twin_vae_paper_64x128')])
+def test_elbo_rows_weigh_only_the_kl_terms_as_the_elbo_sums_do(row, base):
+    """KL weight = latent elements / image elements of the row's own network, else = base."""
+    from sim2real_perception.config import load_config
+    from sim2real_perception.model import ModelConfig
+    assert ROW_SETS[row][:len(ROW_SETS[base])] == ROW_SETS[base]
+    cfg = load_config('cpu', ROW_SETS[row])
+    m = ModelConfig.from_dict(cfg['model'])
+    latent = m.latent_channels * (m.height // m.downsampling) * (m.width // m.downsampling)
+    want = latent / (3 * m.height * m.width)
+    base_cfg = load_config('cpu', ROW_SETS[base])
+    kl = ('kl_real', 'kl_sim', 's2_kl_real', 's2_kl_sim')
+    for key in kl:
+        assert cfg['loss'][key] == pytest.approx(want, rel=1e-2)
+        assert base_cfg['loss'][key] == 1.0
+    assert {k: v for k, v in cfg['loss'].items() if k not in kl} == \
+        {k: v for k, v in base_cfg['loss'].items() if k not in kl}
+    assert cfg['model'] == base_cfg['model'] and cfg['train'] == base_cfg['train']
+
+
 def test_self_training_ablation_drops_only_the_sim_side_randomisation():
     full = ROW_SETS['sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05']
     alone = ROW_SETS['sim_only_kitti_st700_r2_keep8_paste_lr05']
@@ -383,3 +404,43 @@ def test_textured_sim_look_moves_every_row_but_the_oracle_to_its_own_tree(tmp_pa
     assert sorted(bt.reusable_runs(tmp_path / 'prev.json', *args)[0]) == [
         'mean_prior', 'oracle', 'sim_only']
     assert bt.reusable_runs(tmp_path / 'prev.json', *args, 'textured')[0] == {}
+
+
+def test_latent_stats_by_hand():
+    from analyse_latent import latent_stats
+    same = latent_stats([[1.0, -1.0], [1.0, -1.0], [1.0, -1.0]])
+    assert same == {'mean_abs_mu': 1.0, 'frame_std': 0.0, 'snr': 0.0}
+    apart = latent_stats([[0.0, 2.0], [2.0, 0.0]])   # each element: variance 2 (ddof 1)
+    assert apart['mean_abs_mu'] == pytest.approx(1.0)
+    assert apart['frame_std'] == pytest.approx(math.sqrt(2.0))
+    assert apart['snr'] == pytest.approx(2.0)
+
+
+def test_latent_analysis_tells_a_collapsed_latent_from_a_live_one(tmp_path):
+    """An encoder whose last norm has zero gain gives every frame one latent: std 0."""
+    import torch
+    from analyse_latent import main as analyse
+    from sim2real_perception.config import load_config
+    from sim2real_perception.model import DepthSegNet
+    from sim2real_perception.model_io import export_model_dir
+    from training.data.make_procedural import generate
+    data = tmp_path / 'data'
+    generate(data, sim_frames=4, real_frames=20, height=128, width=128, seed=5,
+             frames_per_sequence=10, workers=1)   # 2 val frames
+    torch.manual_seed(0)
+    cfg = load_config('test', ['model.skips=none', 'model.prior=none'])['model']
+    live = DepthSegNet(cfg)
+    export_model_dir(live.eval(), tmp_path / 'runs' / 'live_s0' / 'export')
+    with torch.no_grad():
+        live.encoder.layers[-1][1].weight.zero_()   # BatchNorm gain 0: output = its bias
+    export_model_dir(live.eval(), tmp_path / 'runs' / 'dead_s0' / 'export')
+    out = tmp_path / 'results'
+    assert analyse(['--data', str(data), '--runs', str(tmp_path / 'runs'), '--rows', 'live',
+                    'dead', '--results', str(out)]) == 0
+    rows = json.loads((out / 'latent.json').read_text())['rows']
+    assert rows['dead']['frame_std'] == 0.0 and rows['dead']['snr'] == 0.0
+    assert rows['live']['frame_std'] > 1e-3
+    assert rows['live']['latent'] == '8x2x2'
+    assert '| dead | 0 | 8x2x2 |' in (out / 'latent.md').read_text()
+    assert analyse(['--data', str(data), '--runs', str(tmp_path / 'runs'), '--rows',
+                    'missing', '--results', str(out)]) == 2
