@@ -81,18 +81,15 @@ def test_recorded_bag_holds_inputs_and_answers_and_scores_like_the_replay(bags, 
                                    'messages': {t: len(msgs[t]) for t in topics.values()}}
     images = {stamp(m): m for _, m in msgs[topics['image']]}
     assert len(images) == n
-    # Every answer topic: one message per frame, with the input's header. The node sends
-    # depth/camera_info once a camera_info reached it: a best-effort reader can miss the
-    # first one, sent before it matched, so from the first frame that has it on.
+    # Every answer topic: one message per frame, with the input's header; depth/camera_info
+    # too, since each frame's camera_info goes out before it and the first frame is sent
+    # again until the node has one (test_a_node_that_hears_camera_info_late_...).
     order = [stamp(m) for _, m in msgs[topics['image']]]
     answers = {}
     for role in ('depth', 'segmentation', 'segmentation_color', 'depth_camera_info'):
         by_stamp = {stamp(m): m for _, m in msgs[topics[role]]}
-        want = set(order)
-        if role == 'depth_camera_info':
-            assert len(by_stamp) >= n - 1
-            want = set(order[order.index(min(by_stamp, key=order.index)):])
-        assert set(by_stamp) == want, role
+        assert len(msgs[topics[role]]) == len(by_stamp) == n, role
+        assert set(by_stamp) == set(order), role
         for s, m in by_stamp.items():
             assert m.header.frame_id == images[s].header.frame_id
             assert (m.width, m.height) == (images[s].width, images[s].height)
@@ -115,3 +112,90 @@ def test_recorded_bag_holds_inputs_and_answers_and_scores_like_the_replay(bags, 
     assert_same({**seg.compute(), 'label_change_share': follow.compute(),
                  'gt_label_change_share': gt_follow.compute()}, report['segmentation'])
     assert 'recording' in replay.format_report(report)
+
+
+def test_a_node_that_hears_camera_info_late_still_answers_every_recorded_frame(bags, tmp_path):  # noqa: F811,E501
+    """The first frame is sent again until its depth/camera_info comes back, recorded once.
+
+    This node (real rclpy, real DDS) subscribes to camera_info only after it answered its
+    first image, as a best-effort reader that matched late does: the camera_info sent with
+    the first frame never reaches it, so it has no depth/camera_info to send for it.
+    """
+    import threading
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+    from test_node_support import RELIABLE
+    ns = f'/latecam{os.getpid()}'
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node('late_camera_info', namespace=ns, context=ctx)
+    pubs = {k: node.create_publisher(Image, k, RELIABLE)
+            for k in ('depth', 'segmentation', 'segmentation_color')}
+    info_pub = node.create_publisher(CameraInfo, 'depth/camera_info', RELIABLE)
+    state = {'info': None, 'answered': 0}
+
+    def on_info(msg):
+        state['info'] = msg
+
+    def on_image(msg):
+        for key, encoding, step in (('depth', '32FC1', 4), ('segmentation', 'mono8', 1),
+                                    ('segmentation_color', 'rgb8', 3)):
+            pubs[key].publish(Image(header=msg.header, height=msg.height, width=msg.width,
+                                    encoding=encoding, step=msg.width * step,
+                                    data=bytes(msg.height * msg.width * step)))
+        if state['info'] is not None:
+            info_pub.publish(CameraInfo(header=msg.header, height=msg.height,
+                                        width=msg.width))
+        state['answered'] += 1
+        if state['answered'] == 1:
+            node.create_subscription(CameraInfo, 'camera_info', on_info,
+                                     qos_profile_sensor_data)
+
+    node.create_subscription(Image, 'image', on_image, RELIABLE)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    rec = tmp_path / 'outputs_bag'
+    try:
+        report = replay.run_replay(options(
+            bags['mcap'], record=str(rec), publish_topic=f'{ns}/image',
+            depth_topic=f'{ns}/depth', labels_topic=f'{ns}/segmentation', timeout=20.0))
+    finally:
+        executor.shutdown()
+        thread.join(timeout=5)
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    n = report['frames_answered']
+    assert n == report['frames_in_bag'] > 1 and not report['error']
+    assert state['answered'] > n                     # the first frame went out again
+    msgs, _ = read_recording(rec)
+    order = [stamp(m) for _, m in msgs[f'{ns}/image']]
+    assert len(order) == len(set(order)) == n       # ... and is in the bag once
+    for topic in (f'{ns}/depth', f'{ns}/segmentation', f'{ns}/segmentation_color',
+                  f'{ns}/depth/camera_info'):
+        assert [stamp(m) for _, m in msgs[topic]] == order, topic
+    assert report['recording']['messages'][f'{ns}/depth/camera_info'] == n
+
+
+def test_recorder_reads_the_stamp_from_the_wire_and_keeps_one_message_per_stamp(tmp_path):
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CameraInfo, Image
+    from training.bag_recorder import cdr_stamp_ns, OutputRecorder
+    image, info = Image(), CameraInfo()
+    image.header.stamp.sec, image.header.stamp.nanosec = 1700000000, 123456789
+    info.header.stamp.sec, info.header.stamp.nanosec = -2, 5
+    assert cdr_stamp_ns(serialize_message(image)) == 1700000000123456789
+    assert cdr_stamp_ns(serialize_message(info)) == -2 * 10**9 + 5
+    rec = OutputRecorder(tmp_path / 'bag', {'image': '/im', 'camera_info': '/info'})
+    assert rec.write('image', serialize_message(image)) is True
+    assert rec.write('image', serialize_message(image)) is False     # the same frame again
+    assert rec.write('camera_info', serialize_message(info)) is True  # another topic
+    image.header.stamp.nanosec += 1
+    assert rec.write('image', serialize_message(image)) is True
+    assert rec.close() == {'/im': 2, '/info': 1}
+    msgs, _ = read_recording(tmp_path / 'bag')
+    assert [stamp(m) for _, m in msgs['/im']] == [
+        (1700000000, 123456789), (1700000000, 123456790)]

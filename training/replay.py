@@ -160,12 +160,17 @@ class RecordedBag:
                               f'{conn.topic}: {exc}') from exc
 
     def stream(self):
-        """Yield ``(kind, recording time, stamp, CDR bytes)`` of images and camera_info."""
+        """Yield ``(kind, recording time, stamp, CDR bytes)`` of images and camera_info.
+
+        A camera_info recorded right after the image with its stamp goes out first, so the
+        node holds that frame's camera_info when it answers the frame.
+        """
         reader = self._open()
         kinds = {c.id: 'image' for c in self.image_conns}
         kinds.update({c.id: 'camera_info' for c in self.info_conns})
         last = self.frames[-1][0]
         sent = 0
+        held = None  # an image, until we know whether its camera_info comes next
         try:
             for conn, logtime, raw in reader.messages(
                     connections=self.image_conns + self.info_conns):
@@ -176,7 +181,20 @@ class RecordedBag:
                     sent += 1
                 elif logtime > last:
                     break
-                yield kind, logtime, stamp_ns(self._deserialize(raw, conn).header), bytes(raw)
+                item = (kind, logtime, stamp_ns(self._deserialize(raw, conn).header),
+                        bytes(raw))
+                if held is not None and not (kind == 'camera_info' and item[2] == held[2]):
+                    yield held
+                    held = None
+                if kind == 'image':
+                    held = item
+                else:
+                    yield item
+                    if held is not None:
+                        yield held
+                        held = None
+            if held is not None:
+                yield held
         finally:
             reader.close()
 
@@ -261,12 +279,16 @@ class Collector:
                                                    answer_qos)
                      for key, topic in self.topics.items()]
         self.record_subs = []
+        self.info_sub = None      # the node's depth/camera_info, when recording
+        self.info_answered = set()  # stamps the node sent a depth/camera_info for
+        self.last_info = None     # the last camera_info published: CDR bytes
         if self.recorder is not None:  # the other outputs, recorded as they arrive (CDR)
             for role, msgtype in (('segmentation_color', Image),
                                   ('depth_camera_info', CameraInfo)):
                 self.record_subs.append(self.node.create_subscription(
-                    msgtype, self.recorder.topics[role],
-                    lambda raw, r=role: self.recorder.write(r, raw), answer_qos, raw=True))
+                    msgtype, self.recorder.topics[role], self._on_recorded(role), answer_qos,
+                    raw=True))
+            self.info_sub = self.record_subs[-1]
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.running = True
@@ -284,6 +306,26 @@ class Collector:
             self.sent.setdefault(stamp_ns(msg.header), time.monotonic())
             self.last_event = time.monotonic()
             self.changed.notify_all()
+
+    def _on_recorded(self, role):
+        from .bag_recorder import cdr_stamp_ns
+
+        def callback(raw):
+            self.recorder.write(role, raw)
+            if role == 'depth_camera_info':
+                with self.changed:
+                    self.info_answered.add(cdr_stamp_ns(raw))
+                    self.changed.notify_all()
+        return callback
+
+    def info_expected(self):
+        """Whether the node should answer with a depth/camera_info we record.
+
+        It sends one only after a camera_info reached it, and it reads camera_info best
+        effort, so one sent before its reader matched ours is lost without a trace.
+        """
+        return self.info_sub is not None and self.last_info is not None \
+            and self.info_sub.get_publisher_count() > 0
 
     def _on_answer(self, key):
         def callback(msg):
@@ -332,15 +374,17 @@ class Collector:
                 time.sleep(0.05)
         time.sleep(0.3)  # let the node's side of the new connections settle too
 
-    def publish(self, kind, stamp, raw):
-        """Publish recorded bytes; images are timed from here."""
+    def publish(self, kind, stamp, raw, retime=True):
+        """Publish recorded bytes; images are timed from here (unless not ``retime``)."""
         if kind == 'camera_info':
+            self.last_info = raw
             self.info_pub.publish(raw)
             if self.recorder is not None:
                 self.recorder.write('camera_info', raw)
             return
-        with self.lock:
-            self.sent[stamp] = time.monotonic()
+        if retime:
+            with self.lock:
+                self.sent[stamp] = time.monotonic()
         self.pub.publish(raw)
         if self.recorder is not None:
             self.recorder.write('image', raw)
@@ -490,6 +534,8 @@ def _send(opts, bag, col, scorer):
                 step = min(RESEND_PERIOD, opts.timeout - waited)
                 ok = col.wait(lambda s=stamp: col.complete(s), step)
                 waited += step
+            if ok and n_images == 1 and col.info_expected():
+                _first_camera_info(opts, col, stamp, raw)
             if not ok:
                 missing = ' and '.join(col.missing(stamp))
                 msg = (f'depth_seg_node did not answer frame {n_images} (stamp {stamp}) within '
@@ -506,6 +552,25 @@ def _send(opts, bag, col, scorer):
                 misses = 0
         scorer.advance()
     return None
+
+
+def _first_camera_info(opts, col, stamp, raw):
+    """Send the first frame's camera_info and image again until the node answers it too.
+
+    Without this, every frame sent before the node's camera_info reader matched ours would
+    miss its depth/camera_info in the recording. Repeats are recorded once (the recorder
+    keeps one message per topic and stamp), and the scorer keeps the first answer.
+    """
+    waited = 0.0
+    step = 0.25
+    while waited < opts.timeout:
+        if col.wait(lambda: stamp in col.info_answered, step):
+            return
+        col.publish('camera_info', None, col.last_info)
+        col.publish('image', stamp, raw, retime=False)   # its latency is already measured
+        waited += step
+    print(f'[replay] warning: no {col.info_sub.topic_name} from depth_seg_node for the first '
+          f'frame within {opts.timeout:g} s', file=sys.stderr, flush=True)
 
 
 def _wait_until_idle(opts, col, scorer, first_timeout=None):
