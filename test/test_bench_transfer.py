@@ -132,6 +132,17 @@ def test_self_training_ablation_drops_only_the_sim_side_randomisation():
     assert set(alone) - set(full) == set(ROW_SETS['sim_only'])   # the baseline's own settings
 
 
+def test_depth_from_unchanged_frames_rows_add_only_the_share_and_the_depth_switch():
+    half = ['data.sim.region_aug_share=0.5']
+    clean = half + ['data.sim.region_aug_depth=false']
+    assert ROW_SETS['sim_only_region_kitti_bld_half_cd'] == \
+        ROW_SETS['sim_only_region_kitti_bld'] + clean
+    paste = ROW_SETS['sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05']
+    assert ROW_SETS['sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05_half'] == paste + half
+    assert ROW_SETS['sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05_half_cd'] == \
+        paste + clean
+
+
 def test_best_adapted_beating_the_floor_skips_rows_worse_than_a_constant():
     rows = {**ROWS, 'good': (0.19, 0.33, 0.01, 0.01)}   # beats the floor (0.20, 0.24)
     methods = _methods(rows)
@@ -147,6 +158,15 @@ def test_validity_checks_the_floor_the_separation_and_the_gap():
     methods = _methods(ROWS)
     checks = bt.validity(methods)
     assert checks['every_learned_method_beats_mean_prior']['ok'] is False   # sim_only depth
+    # The misses, each with its size: sim_only and twin are worse than the floor's 0.20.
+    misses = checks['every_learned_method_beats_mean_prior']['misses']
+    assert [(m['row'], m['metric']) for m in misses] == [('sim_only', 'abs_rel'),
+                                                         ('twin', 'abs_rel'), ('aug', 'abs_rel')]
+    assert misses[0]['value'] == 0.30 and misses[0]['floor'] == 0.20
+    assert misses[0]['seed_std'] == 0.01
+    line = bt.validity_line(checks)
+    assert 'beats mean_prior: NO (sim_only AbsRel 0.3000 vs 0.2000 (seed std 0.0100), ' in line
+    assert 'aug AbsRel 0.2100 vs 0.2000' in line and 'oracle AbsRel' not in line
     assert checks['oracle_beats_sim_only_by_3_std']['ok'] is True
     assert checks['domain_gap_miou_sim_minus_real']['value'] == pytest.approx(0.17)
     noisy = _methods({**ROWS, 'sim_only': (0.30, 0.28, 0.2, 0.01)})

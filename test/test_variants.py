@@ -163,6 +163,42 @@ def test_dataset_applies_region_aug_to_labelled_training_frames_only():
     assert (image(True, 1.0) - flat).abs().mean() > 0.01
 
 
+class _DepthFrames:
+    """A reader of labelled grey frames with a depth map (10 m everywhere)."""
+
+    def load(self, i):
+        return {'image': np.full((32, 64, 3), 120, np.uint8), 'depth':
+                np.full((32, 64), 10.0, np.float32), 'labels': np.full((32, 64), 2, np.uint8),
+                'name': f'f{i}'}
+
+
+def test_region_aug_share_and_depth_drop_the_depth_of_changed_frames_only():
+    flat = FrameDataset(_DepthFrames(), range(40), 32, 64, train=True, seed=3, flip=False)
+    ds = FrameDataset(_DepthFrames(), range(40), 32, 64, train=True, seed=3, flip=False,
+                      region=1.0, region_share=0.5, region_depth=False)
+    changed = differs = 0
+    for i in range(40):
+        item, plain = ds[i], flat[i]
+        assert torch.equal(item['labels'], plain['labels'])
+        if torch.equal(item['depth'], plain['depth']):   # left alone: the image too
+            assert torch.equal(item['image'], plain['image'])
+        else:          # randomised (a region may stay flat): no depth measurement at all
+            assert float(item['depth'].abs().max()) == 0.0
+            changed += 1
+            differs += not torch.equal(item['image'], plain['image'])
+    assert 8 <= changed <= 32 and differs > 0   # about half of 40 (binomial)
+    # Share 1 and depth kept (the defaults): no depth is lost, and no extra random number
+    # is drawn, so region_aug gets the stream it had before these options existed.
+    full = FrameDataset(_DepthFrames(), range(4), 32, 64, train=True, seed=3, flip=False,
+                        region=1.0)
+    assert any(not torch.equal(full[i]['image'], flat[i]['image']) for i in range(4))
+    assert all(torch.equal(full[i]['depth'], flat[i]['depth']) for i in range(4))
+    frame = _DepthFrames().load(2)
+    want = region_aug(frame['image'], frame['labels'], 1.0, np.random.default_rng([3, 0, 2]))
+    assert torch.equal(full[2]['image'], torch.from_numpy(want).permute(2, 0, 1).float()
+                       .div_(127.5).sub_(1.0))
+
+
 def test_dataset_passes_region_keep_hue_by_class_name():
     def worst_hue_shift(keep):   # grey frame, class 2 everywhere: proportions stay 1/3 each
         worst = 0.0

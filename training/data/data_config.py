@@ -59,6 +59,10 @@ DEFAULTS = {
                                   # and the region's own colour only; 1: random colours)
     'region_keep_hue': [],        # classes whose hue region_aug keeps whatever region_tint
                                   # is (e.g. [building]; [] = none)
+    'region_aug_share': 1.0,      # share of training frames region_aug applies to (1: all)
+    'region_aug_depth': True,     # false: a frame region_aug changed keeps its labels, not
+                                  # its depth (set to 0: no measurement), so depth is learnt
+                                  # on the unchanged frames only
     'shadow_aug': 0.0,            # training: sun shadows of the frame's objects cast on the
                                   # road and grass, traced through its depth (needs depth and
                                   # labels; the chance per frame and darkness; 0 = off)
@@ -85,6 +89,8 @@ def resolve(data_cfg):
         raise ValueError(f'data shadow_aug={cfg["shadow_aug"]} must be >= 0')
     if not 0.0 <= float(cfg['val_fraction']) < 1.0:
         raise ValueError('val_fraction must be in [0, 1)')
+    if not 0.0 <= float(cfg['region_aug_share']) <= 1.0:
+        raise ValueError(f'data region_aug_share={cfg["region_aug_share"]} must be in [0, 1]')
     relabel_table(cfg['relabel'])   # names checked at start-up, not at the first frame
     class_ids(cfg['region_keep_hue'], 'region_keep_hue')
     return cfg

@@ -26,7 +26,8 @@ class FrameDataset(Dataset):
 
     def __init__(self, source, indices, height, width, train=False, seed=0, resize='crop',
                  flip=True, jitter=0.0, skip_bad=False, appearance=0.0, region=0.0,
-                 region_tint=1.0, relabel=None, region_keep_hue=(), shadow=0.0):
+                 region_tint=1.0, relabel=None, region_keep_hue=(), shadow=0.0,
+                 region_share=1.0, region_depth=True):
         self.source, self.indices = source, list(indices)
         self.height, self.width = int(height), int(width)
         self.train, self.seed, self.epoch = bool(train), int(seed), 0
@@ -34,6 +35,7 @@ class FrameDataset(Dataset):
         self.skip_bad = bool(skip_bad)
         self.appearance, self.region = float(appearance), float(region)
         self.region_tint = float(region_tint)
+        self.region_share, self.region_depth = float(region_share), bool(region_depth)
         self.shadow = float(shadow)
         self.relabel = relabel_table(relabel)
         self.keep_hue = frozenset(class_ids(region_keep_hue, 'region_keep_hue'))
@@ -72,8 +74,14 @@ class FrameDataset(Dataset):
                                              frame.get('labels'), frame.get('intrinsics'),
                                              self.shadow, rng)
             frame['image'] = color_jitter(frame['image'], self.jitter, rng)
-            frame['image'] = region_aug(frame['image'], frame.get('labels'), self.region, rng,
-                                        self.region_tint, self.keep_hue)
+            # The share is drawn only below 1, so every earlier run's random stream holds.
+            if self.region > 0 and (self.region_share >= 1.0
+                                    or rng.random() < self.region_share):
+                frame['image'] = region_aug(frame['image'], frame.get('labels'), self.region,
+                                            rng, self.region_tint, self.keep_hue)
+                if not self.region_depth and frame.get('depth') is not None \
+                        and frame.get('labels') is not None:
+                    frame['depth'] = np.zeros_like(frame['depth'])   # 0: no measurement
             frame['image'] = appearance_aug(frame['image'], self.appearance, rng)
         return to_tensors(frame, self.height, self.width)
 
@@ -108,7 +116,8 @@ def build_dataset(data_cfg, split, height, width, train, seed, source=None):
     return FrameDataset(source, select_indices(source, cfg, split), height, width, train, seed,
                         cfg['resize'], cfg['hflip'], cfg['color_jitter'], cfg['skip_bad'],
                         cfg['appearance_aug'], cfg['region_aug'], cfg['region_tint'],
-                        cfg['relabel'], cfg['region_keep_hue'], cfg['shadow_aug'])
+                        cfg['relabel'], cfg['region_keep_hue'], cfg['shadow_aug'],
+                        cfg['region_aug_share'], cfg['region_aug_depth'])
 
 
 def iter_frames(data_cfg, max_frames=None, split='all'):
