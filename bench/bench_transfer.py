@@ -157,6 +157,10 @@ ROWS = (
      'collapses to the prior (s2_kl_sim -> 0) and the heads see noise'),
     ('twin_vae_paper_64x128_elbo', 'twin_vae', PAPER_64X128_ELBO,
      'ablation: twin_vae_paper_64x128 with the ELBO-weighted KL terms (0.0208)'),
+    ('twin_vae_paper_64x128_elbo_mu', 'twin_vae', PAPER_64X128_ELBO + ['loss.heads_on=mu'],
+     'ablation: twin_vae_paper_64x128_elbo whose heads decode the latent mean in training, '
+     'as at run time, not mean + unit noise (loss.heads_on: mu): is the noise what keeps '
+     'them from reading the latent?'),
     ('twin_vae', 'twin_vae', [], 'the cpu preset recipe (shipped default)'),
     ('sim_only_aug', 'sim_only', [],
      'ablation: sim_only with the sim appearance randomisation, no twin-VAE'),

@@ -124,6 +124,13 @@ def test_elbo_rows_weigh_only_the_kl_terms_as_the_elbo_sums_do(row, base):
     assert cfg['model'] == base_cfg['model'] and cfg['train'] == base_cfg['train']
 
 
+def test_heads_on_mean_row_changes_only_what_the_heads_read():
+    from sim2real_perception.config import load_config
+    base = ROW_SETS['twin_vae_paper_64x128_elbo']
+    assert ROW_SETS['twin_vae_paper_64x128_elbo_mu'] == base + ['loss.heads_on=mu']
+    assert load_config('cpu', base)['loss']['heads_on'] == 'z'   # the default: mu + noise
+
+
 def test_self_training_ablation_drops_only_the_sim_side_randomisation():
     full = ROW_SETS['sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05']
     alone = ROW_SETS['sim_only_kitti_st700_r2_keep8_paste_lr05']

@@ -541,6 +541,29 @@ def test_stage2_sim_input_and_critic_train_the_real_encoder():
     assert zero['s2_adv'].item() == 0.0           # no critic: the paper's stage 2
 
 
+def test_stage2_heads_on_mu_decode_the_mean_as_the_deployed_path_does():
+    """loss.heads_on: mu gives the heads no latent noise in training; z (default) does."""
+    cfg = model_cfg(skips='none', prior='none')
+    torch.manual_seed(0)
+    net = TwinVAE(cfg).train()
+    x_r, x_s = torch.rand(2, 3, 128, 128) * 2 - 1, torch.rand(2, 3, 128, 128) * 2 - 1
+    batch = {'image': x_s, 'depth': torch.rand(2, 1, 128, 128) * 50 + 1,
+             'labels': torch.randint(0, 12, (2, 128, 128))}
+
+    def seg(heads_on):
+        torch.manual_seed(1)   # the same draws, so only what the heads read differs
+        _, images = losses.stage2_terms(net, batch, x_r, cfg, real_input='sim',
+                                        heads_on=heads_on)
+        return images['seg_pred']
+    with torch.no_grad():
+        mean = net.decode(net.encode(x_s, 'sim')[0], 'seg')
+    # The heads' output on the mean latent is the eval path's; with z it is not.
+    assert torch.allclose(seg('mu'), mean, atol=1e-5)
+    assert (seg('z') - mean).abs().max() > 1e-3
+    with pytest.raises(ValueError, match='heads_on'):
+        losses.stage2_terms(net, batch, x_r, cfg, heads_on='sample')
+
+
 def lean_stage2_inputs():
     """Return (cfg, twin-VAE in train mode, real images, sim batch) for a stage-2 step."""
     cfg = model_cfg(skips='shared', shared_layers=8)

@@ -345,9 +345,14 @@ def stage1_terms(net, x_real, x_sim, gamma_scale=1.0, mmd_on='mu'):
 REAL_INPUTS = ('translated', 'sim')
 
 
+#: What the stage-2 heads decode in training (``loss.heads_on``).
+HEADS_ON = ('z', 'mu')
+
+
 def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
                  sky_as_far=True, real_input='translated', lean=False, pseudo=None,
-                 depth_norm='l2', sim_encoder=True, source_only=False, ce_weight=None):
+                 depth_norm='l2', sim_encoder=True, source_only=False, ce_weight=None,
+                 heads_on='z'):
     """Compute the stage-2 terms (eqs 11-20) for paired sim and unpaired real images.
 
     x'_R = G_R(z_S), z'_R = E_R(x'_R); x'_S = G_S(z_R), z'_S = E_S(x'_S). Depth and
@@ -365,7 +370,11 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     ``source_only`` (``train.stage2_source_steps``) keeps only eqs 16 and 19 on the sim
     frames: the heads learn the sim labels before anything aligns, as UDA methods start
     from a source-trained network; every other term is 0 and costs nothing.
+    ``heads_on`` (``loss.heads_on``): the heads decode ``z`` (mu + unit noise) or ``mu``.
     """
+    if heads_on not in HEADS_ON:
+        raise ValueError(f'loss.heads_on={heads_on!r} not in {HEADS_ON}')
+    head = (lambda mu, z: mu) if heads_on == 'mu' else (lambda mu, z: z)
     if source_only:
         return _source_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm, ce_weight)
     x_sim = sim_batch['image']
@@ -383,8 +392,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     mu_r_fake, z_r_fake, f_r_fake = net.encode_skips(x_r_fake, 'real')
     mu_r, z_r, f_r = net.encode_skips(x_real, 'real')
     pick = (lambda mu, z: mu) if mmd_on == 'mu' else (lambda mu, z: z)
-    d_real = net.decode(z_r_fake, 'depth', f_r_fake)
-    s_real = net.decode(z_r_fake, 'seg', f_r_fake)
+    d_real = net.decode(head(mu_r_fake, z_r_fake), 'depth', f_r_fake)
+    s_real = net.decode(head(mu_r_fake, z_r_fake), 'seg', f_r_fake)
     terms = {
         's2_kl_real': kl_unit(mu_r_fake),
         's2_kl_sim': kl_unit(mu_s) if sim_encoder else _zero_like(mu_r_fake),
@@ -413,7 +422,8 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     else:
         x_s_fake = net.decode(z_r, 'sim')
         mu_s_fake, z_s_fake = net.encode(x_s_fake, 'sim')
-        d_show, s_show = net.decode(z_s, 'depth', f_s), net.decode(z_s, 'seg', f_s)
+        d_show = net.decode(head(mu_s, z_s), 'depth', f_s)
+        s_show = net.decode(head(mu_s, z_s), 'seg', f_s)
         terms.update(
             s2_mmd_r2s=mmd_two_sample(pick(mu_s_fake, z_s_fake), pick(mu_r, z_r), gamma_scale),
             depth_sim=depth_loss(d_show, depth, model_cfg, labels, has_d, sky_as_far,

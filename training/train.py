@@ -69,6 +69,9 @@ class StageLoss(nn.Module):
         self.mmd_on = str(loss_cfg['mmd_on'])
         self.sky_as_far = bool(loss_cfg['sky_as_far'])
         self.depth_norm = str(loss_cfg['depth_norm'])
+        self.heads_on = str(loss_cfg.get('heads_on', 'z'))
+        if self.heads_on not in losses.HEADS_ON:
+            raise ValueError(f'loss.heads_on={self.heads_on!r} not in {losses.HEADS_ON}')
         self.real_input = str(real_input)
         self.lean = bool(lean)
         self.source_only = False   # set per step by the trainer (train.stage2_source_steps)
@@ -91,7 +94,7 @@ class StageLoss(nn.Module):
                                        self.gamma, self.mmd_on, self.sky_as_far,
                                        self.real_input, self.lean, self.pseudo,
                                        self.depth_norm, self.sim_encoder, self.source_only,
-                                       self.ce_weight)
+                                       self.ce_weight, self.heads_on)
         if is_self_train(self.stage):   # (sim, real) or, without sim frames, (real,)
             sim, real = (first, second) if second is not None else (None, first)
             return losses.self_train_terms(self.net, sim, real, self.model_cfg,
