@@ -349,6 +349,11 @@ REAL_INPUTS = ('translated', 'sim')
 HEADS_ON = ('z', 'mu')
 
 
+def _mean_or_sample(which):
+    """Return ``f(mu, z)`` giving ``mu`` for 'mu' and the sample ``z`` otherwise."""
+    return (lambda mu, z: mu) if which == 'mu' else (lambda mu, z: z)
+
+
 def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu',
                  sky_as_far=True, real_input='translated', lean=False, pseudo=None,
                  depth_norm='l2', sim_encoder=True, source_only=False, ce_weight=None,
@@ -374,7 +379,7 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     """
     if heads_on not in HEADS_ON:
         raise ValueError(f'loss.heads_on={heads_on!r} not in {HEADS_ON}')
-    head = (lambda mu, z: mu) if heads_on == 'mu' else (lambda mu, z: z)
+    head = _mean_or_sample(heads_on)
     if source_only:
         return _source_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm, ce_weight)
     x_sim = sim_batch['image']
@@ -391,7 +396,7 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     x_r_fake = net.decode(z_s, 'real') if real_input == 'translated' else x_sim
     mu_r_fake, z_r_fake, f_r_fake = net.encode_skips(x_r_fake, 'real')
     mu_r, z_r, f_r = net.encode_skips(x_real, 'real')
-    pick = (lambda mu, z: mu) if mmd_on == 'mu' else (lambda mu, z: z)
+    pick = _mean_or_sample(mmd_on)
     d_real = net.decode(head(mu_r_fake, z_r_fake), 'depth', f_r_fake)
     s_real = net.decode(head(mu_r_fake, z_r_fake), 'seg', f_r_fake)
     terms = {
