@@ -110,11 +110,13 @@ WITH_TEXTURED_SUN_SIM = [f'data.sim.root={TEXTURED_SUN_ROOT}']
 #: The real-style frames follow KITTI's (Cityscapes') taxonomy, which has no van: the
 #: ``*_kitti`` rows train with VKITTI 2's vans read as car.
 KITTI_CLASSES = 'data.sim.relabel={van: car}'
+#: ``sim_only_region_kitti_bld``'s sim side: per-region randomisation, KITTI's taxonomy,
+#: the buildings' hue kept; the best recipes build on it.
+BLD = ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]']
 #: ``sim_only_region_kitti_bld_st700_r2``: 700 supervised steps of ``_bld``, then 250
 #: self-training steps on 2 labelled real frames each; its screens add one override.
-ST700_R2 = ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
-            'train.supervised_steps=700', 'train.self_train_steps=250',
-            'train.self_train_batch=2', 'train.self_train_sim=false']
+ST700_R2 = BLD + ['train.supervised_steps=700', 'train.self_train_steps=250',
+                  'train.self_train_batch=2', 'train.self_train_sim=false']
 #: The thin "thing" classes the copy-paste rows paste from sim frames into real ones.
 THINGS = '[' + ', '.join(THING_CLASSES) + ']'
 #: ``sim_only_region_kitti_bld_st850_r2``: ``_bld``'s 850 steps, then the same self-training.
@@ -187,7 +189,7 @@ ROWS = (
      "variant: sim_only_region_kitti keeping vegetation's hue (data.sim.region_keep_hue): the "
      'random tint made green a useless cue, and textured hedges were read as building'),
     ('sim_only_region_kitti_bld', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]'],
+     BLD,
      "variant: sim_only_region_kitti keeping the buildings' hue (data.sim.region_keep_hue): a "
      'randomly tinted building can be green, so a green box (a hedge) reads as building'),
     ('sim_only_region_kitti_cb', 'sim_only',
@@ -212,8 +214,7 @@ ROWS = (
       'train.style_mix_layers=[0, 1, 2]'],
      'ablation: sim_only_region_kitti_mix with every sim frame mixed, at three layers'),
     ('sim_only_region_kitti_bld_mix', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
-      'train.style_mix=0.5'],
+     BLD + ['train.style_mix=0.5'],
      "variant: sim_only_region_kitti_bld (the best labels) with sim_only_region_kitti_mix's "
      'style mixing (whose depth was steadier on two seeds of three)'),
     ('sim_only_region_kitti_shadow', 'sim_only',
@@ -222,8 +223,7 @@ ROWS = (
      'the road and grass, traced through the sim depth for a random sun (data.sim.shadow_aug): '
      'real shadows start at their object and have its shape, random blobs do not'),
     ('sim_only_region_kitti_bld_shadow', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
-      'data.sim.shadow_aug=1.0'],
+     BLD + ['data.sim.shadow_aug=1.0'],
      "variant: sim_only_region_kitti_bld (the buildings keep their hue) with "
      "sim_only_region_kitti_shadow's cast shadows"),
     ('sim_only_region_kitti_st', 'sim_only',
@@ -251,8 +251,7 @@ ROWS = (
      'learning-rate cycle with the real frames\' term at weight 0, so the labels, not the '
      'extra steps, are what it measures'),
     ('sim_only_region_kitti_bld_st850_b2', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
-      'train.self_train_steps=250', 'train.self_train_batch=2'],
+     BLD + ['train.self_train_steps=250', 'train.self_train_batch=2'],
      'over the budget (850 + 250 steps of a supervised step\'s cost, 436-628 s a run): '
      'sim_only_region_kitti_st850_b2 from '
      "sim_only_region_kitti_bld's network (the best labels inside the budget) as the teacher; "
@@ -299,8 +298,7 @@ ROWS = (
      'ablation: sim_only_region_kitti_bld_st700_r2_keep8_paste keeping every pixel the teacher '
      'labelled (self_train_keep 1.0, pseudo_threshold no longer drops any); same cost'),
     ('sim_only_region_kitti_bld_half_cd', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]']
-     + HALF_CLEAN_DEPTH,
+     BLD + HALF_CLEAN_DEPTH,
      "variant: _bld on half the sim frames, and depth supervised on the other half only "
      '(data.sim.region_aug_share, region_aug_depth): the labels of the randomisation without '
      'its cost to depth?'),
@@ -338,9 +336,9 @@ ROWS = (
      "sim_only_region_kitti_bld_st700_r2_keep8_paste; it resumes sim_only_region_kitti_bld's "
      'copied checkpoints'),
     ('sim_only_region_kitti_bld_st750_r2_keep8', 'sim_only',
-     ['data.sim.region_aug=1.0', KITTI_CLASSES, 'data.sim.region_keep_hue=[building]',
-      'train.supervised_steps=750', 'train.self_train_steps=125', 'train.self_train_batch=2',
-      'train.self_train_sim=false', 'train.self_train_keep=0.8'],
+     BLD + ['train.supervised_steps=750', 'train.self_train_steps=125',
+            'train.self_train_batch=2', 'train.self_train_sim=false',
+            'train.self_train_keep=0.8'],
      'variant: sim_only_region_kitti_bld_st700_r2_keep8 with 50 more supervised steps and half '
      'the self-training steps (125 of 2 labelled real frames; one 125-step round gave the '
      '250 steps\' labels), about the same cost: a better teacher, the same gain'),
