@@ -471,3 +471,15 @@ def test_latent_analysis_tells_a_collapsed_latent_from_a_live_one(tmp_path):
     assert '| dead | 0 | 8x2x2 |' in (out / 'latent.md').read_text()
     assert analyse(['--data', str(data), '--runs', str(tmp_path / 'runs'), '--rows',
                     'missing', '--results', str(out)]) == 2
+
+
+def test_validity_leaves_the_floors_variants_out_of_check_1():
+    rows = {**ROWS, 'floor_b': (0.21, 0.23, 0.0, 0.0)}   # another floor, worse than mean_prior
+    methods = _methods(rows)
+    named = [m['row'] for m in bt.validity(methods)['every_learned_method_beats_mean_prior'][
+        'misses']]
+    assert 'floor_b' in named                             # without knowing what it is
+    checks = bt.validity(methods, {'floor_b': 'mean_prior'})
+    assert 'floor_b' not in checks['every_learned_method_beats_mean_prior']['per_method']
+    assert ROW_SETS['mean_prior_scenes60'] == bt.WITH_SCENES60_SIM
+    assert ROW_SETS['sim_only_scenes60'] == ROW_SETS['sim_only'] + bt.WITH_SCENES60_SIM
