@@ -78,9 +78,28 @@ def build_parser():
     p.add_argument('--max-depth', type=float, default=80.0,
                    help='metres; ground truth at or above is not scored, predictions are '
                         'capped to it (default: %(default)s)')
+    p.add_argument('--gate-ground', action='store_true',
+                   help='also score every export of a residual-prior network with the ground '
+                        'gate put in after training (model.prior_gate: ground_mean: the depth '
+                        'residual scaled by 1 - its road/terrain probability), as row '
+                        '<row>+gate')
     p.add_argument('--results', default=str(REPO / 'bench' / 'results'),
                    help='where depth_errors.json/.md go (default: bench/results)')
     return p
+
+
+def gate_ground(predictor):
+    """Put ``prior_gate: ground_mean`` into a loaded torch predictor.
+
+    False (and nothing changed) when the network has no residual prior or a gate already.
+    """
+    from sim2real_perception.labels import CLASS_NAMES
+    from sim2real_perception.model_config import GROUND_CLASSES
+    prior = getattr(predictor.runner.net, 'prior', None)
+    if prior is None or prior.gated:
+        return False
+    prior.ground = [CLASS_NAMES.index(n) for n in GROUND_CLASSES]
+    return True
 
 
 def frame_size(data):
@@ -278,7 +297,7 @@ def main(argv=None):
     size = frame_size(data)
     sparse = load_frames(cfg['data']['eval'], size)
     print(f'{len(sparse)} {SPLIT} frames at {size[1]}x{size[0]} from {data}')
-    rows = {}
+    rows, gated = {}, {}
     for row, by_seed in exports.items():
         per_seed = []
         for seed, path in by_seed.items():
@@ -287,7 +306,14 @@ def main(argv=None):
             scores = score_model(predictor, sparse, args.blur_sigma, args.max_depth)
             per_seed.append({'seed': seed, 'export': str(path), **scores})
             print(f'{row} seed {seed}: AbsRel {scores["abs_rel"]:.3f}')
+            if args.gate_ground and gate_ground(predictor):
+                scores = score_model(predictor, sparse, args.blur_sigma, args.max_depth)
+                gated.setdefault(row + '+gate', []).append(
+                    {'seed': seed, 'export': str(path), **scores})
         rows[row] = {'seeds': per_seed, **mean_over_seeds(per_seed)}
+        if gated.get(row + '+gate'):
+            rows[row + '+gate'] = {'seeds': gated[row + '+gate'],
+                                   **mean_over_seeds(gated[row + '+gate'])}
     model_size = (int(cfg['model']['height']), int(cfg['model']['width']))
     dense = load_frames(cfg['data']['eval'], size, depth_type='dense')
     result = {

@@ -88,6 +88,7 @@ NO_PSEUDO = WARM_MMD + PSEUDO_OFF + ['train.stage2_steps=240']
 #: Per-image standardisation before the stem (``model.input_norm``): each channel to mean 0
 #: and std 1 (the baselines' since 2026-12-07), or centred with one std over all channels.
 INPUT_NORM = 'model.input_norm=image'
+GROUND_GATE = 'model.prior_gate=ground'
 INPUT_NORM_JOINT = 'model.input_norm=image_joint'
 #: Virtual KITTI 2 renders every clone viewpoint again at other times of day and weathers;
 #: the ``*_vars`` rows train on six of them (the same viewpoints, 6x the sim images) from a
@@ -148,6 +149,14 @@ ROWS = (
      + WITH_SCENES60_SIM,
      'variant: sim_only trained on the textured sim drawn as 60 scenes of 10 frames (same '
      '600 frames): does the sim depth head memorise its 12 scenes?'),
+    ('sim_only_gate', 'sim_only', ['data.sim.appearance_aug=0.0', INPUT_NORM, GROUND_GATE],
+     'variant: sim_only whose depth is flat ground\'s where its own labels say road or '
+     'terrain (model.prior_gate: ground): textures, shadows and markings on the ground '
+     'cannot move it'),
+    ('sim_only_gate_mean', 'sim_only',
+     ['data.sim.appearance_aug=0.0', INPUT_NORM, 'model.prior_gate=ground_mean'],
+     "ablation: sim_only_gate pulling the ground to the per-pixel mean over every class "
+     '(the first try), not to the mean over the frames where the pixel was ground'),
     ('sim_only_raw', 'sim_only', ['data.sim.appearance_aug=0.0'],
      'reference: sim_only without the standardisation (the sim_only row before 2026-12-07)'),
     ('oracle_raw', 'oracle', [],

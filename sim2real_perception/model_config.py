@@ -16,6 +16,16 @@ SKIPS = ('none', 'shared', 'all')
 #: per-pixel residual over the sim mean prior (residual: depth before tanh plus the prior's
 #: depth, logits plus the log of the prior's class frequencies), so a run starts at the floor.
 PRIORS = ('none', 'residual')
+#: Where the depth head's residual applies (``prior: residual`` only): everywhere (none), or
+#: weighed by one minus the probability the segmentation head gives the ground classes
+#: (road and terrain), the rest of the weight going to flat ground's depth at that pixel:
+#: the mean depth of the training frames where that pixel was ground (ground), or the
+#: per-pixel mean over every class (ground_mean, the first try: a pixel's mean mixes in the
+#: cars and buildings seen there, so it is too near for ground). Either way texture, shadow
+#: or markings on the ground cannot move its depth.
+PRIOR_GATES = ('none', 'ground', 'ground_mean')
+#: The classes ``prior_gate: ground`` reads as flat ground.
+GROUND_CLASSES = ('road', 'terrain')
 #: What the encoders do to an image before the stem: nothing (none, the paper); subtract
 #: each channel's mean over the image and divide by its std (image), so a camera's white
 #: balance, exposure and contrast never reach the network; or subtract each channel's mean
@@ -49,6 +59,7 @@ class ModelConfig:
     max_depth: float = 80.0
     skips: str = 'none'
     prior: str = 'none'
+    prior_gate: str = 'none'
     architecture: str = 'twin_vae'
     input_norm: str = 'none'
 
@@ -126,6 +137,12 @@ class ModelConfig:
             raise ValueError(f'model.skips={self.skips!r}: must be one of {SKIPS}')
         if self.prior not in PRIORS:
             raise ValueError(f'model.prior={self.prior!r}: must be one of {PRIORS}')
+        if self.prior_gate not in PRIOR_GATES:
+            raise ValueError(f'model.prior_gate={self.prior_gate!r}: must be one of '
+                             f'{PRIOR_GATES}')
+        if self.prior_gate != 'none' and self.prior != 'residual':
+            raise ValueError(f'model.prior_gate={self.prior_gate!r} needs model.prior: '
+                             'residual (it gates the residual over the prior)')
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f'model.input_norm={self.input_norm!r}: must be one of '
                              f'{INPUT_NORMS}')

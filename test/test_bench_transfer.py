@@ -483,3 +483,9 @@ def test_validity_leaves_the_floors_variants_out_of_check_1():
     assert 'floor_b' not in checks['every_learned_method_beats_mean_prior']['per_method']
     assert ROW_SETS['mean_prior_scenes60'] == bt.WITH_SCENES60_SIM
     assert ROW_SETS['sim_only_scenes60'] == ROW_SETS['sim_only'] + bt.WITH_SCENES60_SIM
+
+
+def test_ground_gate_rows_add_only_the_gate():
+    assert ROW_SETS['sim_only_gate'] == ROW_SETS['sim_only'] + ['model.prior_gate=ground']
+    assert ROW_SETS['sim_only_gate_mean'] == ROW_SETS['sim_only'] + [
+        'model.prior_gate=ground_mean']

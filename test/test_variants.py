@@ -6,6 +6,7 @@ Each network variant trains (forward + backward of every stage), exports to ONNX
 parity, and is served by the predictor and the node like the paper's network.
 """
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,7 +296,11 @@ VARIANTS = {'skips_shared': {'skips': 'shared', 'shared_layers': 8},
             'skips_shared_default_sharing': {'skips': 'shared'},
             'prior_residual': {'skips': 'shared', 'shared_layers': 8, 'prior': 'residual'},
             'input_norm_image': {'skips': 'shared', 'shared_layers': 8, 'prior': 'residual',
-                                 'input_norm': 'image'}}
+                                 'input_norm': 'image'},
+            'prior_gate_ground': {'skips': 'shared', 'shared_layers': 8, 'prior': 'residual',
+                                  'prior_gate': 'ground'},
+            'prior_gate_ground_mean': {'skips': 'shared', 'shared_layers': 8,
+                                       'prior': 'residual', 'prior_gate': 'ground_mean'}}
 
 
 def prior_maps(cfg):
@@ -354,7 +359,8 @@ def variant_dirs(tmp_path_factory):
         torch.manual_seed(1)
         net = build_model(model_cfg(**changes)).eval()
         if net.prior is not None:
-            net.prior.set_maps(*prior_maps(net.cfg))
+            depth_t, freq = prior_maps(net.cfg)
+            net.prior.set_maps(depth_t, freq, 0.5 * depth_t)
         dirs[name] = export_model_dir(net, root / name)
     cfg = model_cfg(architecture='mean_prior')
     yy, xx = np.mgrid[0:128, 0:128]
@@ -393,7 +399,8 @@ def test_mean_prior_is_served_as_its_maps(variant_dirs):
 
 
 @pytest.mark.parametrize('name', ['skips_shared', 'prior_residual', 'input_norm_image',
-                                  'mean_prior', 'paper_64x128'])
+                                  'prior_gate_ground', 'prior_gate_ground_mean', 'mean_prior',
+                                  'paper_64x128'])
 def test_variant_is_served_by_the_node(context, variant_dirs, name):
     d = variant_dirs[name]
     node = DepthSegNode(context=context, namespace=f'/variant_{name}', parameter_overrides=[
@@ -450,7 +457,8 @@ def test_residual_prior_by_hand():
     cfg = model_cfg(depth_encoding='log', num_classes=3)
     frames = [item([[2.0, inf]], [[terrain, SKY]]), item([[8.0, 5.0]], [[terrain, 255]]),
               item([[0.0, 20.0]], [[veg, 255]])]
-    depth_t, freq = fit_residual_prior(frames, cfg, smoothing=1.0, shape=(1, 2))
+    depth_t, freq, ground_t = fit_residual_prior(frames, cfg, smoothing=1.0, shape=(1, 2))
+    assert ground_t is None   # no ground gate
     code = lambda m: 2 * math.log(m / cfg.min_depth) / math.log(cfg.max_depth / cfg.min_depth) - 1  # noqa: E731,E501
     # (0,0): codes of 2 and 8 (0 is no measurement); (0,1): inf = max_depth, 5, 20.
     assert depth_t[0, 0] == pytest.approx((code(2) + code(8)) / 2, abs=1e-6)
@@ -485,6 +493,82 @@ def test_residual_prior_starts_at_the_prior_and_is_neutral_unfitted():
                         else cfg.depth_encoding, cfg.min_depth, cfg.max_depth)
     assert torch.allclose(depth[0], want, rtol=1e-5)
     assert torch.equal(labels[0].long(), freq.argmax(0))
+
+
+def test_ground_gate_gives_flat_grounds_depth_where_the_labels_see_ground_by_hand():
+    depth_t, freq = prior_maps(model_cfg())
+    ground_t = -0.5 * depth_t
+    raw = torch.full((1, 1, 128, 128), 0.7, requires_grad=True)
+    logits = torch.full((1, 12, 128, 128), -20.0, requires_grad=True)
+    road, terrain, car = (CLASS_NAMES.index(c) for c in ('road', 'terrain', 'car'))
+    with torch.no_grad():
+        logits[:, road, :, :64] = 20.0      # left half: sure it is road
+        logits[:, car, :, 64:] = 20.0       # right half: sure it is a car
+        logits[:, terrain, :1, 64:] = 20.0  # top row of the right half: car or terrain
+    for gate in ('ground', 'ground_mean'):
+        cfg = model_cfg(skips='shared', shared_layers=8, prior='residual', prior_gate=gate)
+        net = TwinVAE(cfg)
+        net.prior.set_maps(depth_t, freq, ground_t)
+        code = net.prior.depth_code
+        flat = net.prior.ground_code if gate == 'ground' else code
+        if gate == 'ground':
+            assert torch.allclose(torch.tanh(flat[0, 0]), ground_t, atol=1e-6)
+        else:
+            assert 'prior.ground_code' not in net.state_dict()
+        raw.grad = None
+        d = net.prior.depth(raw, logits)
+        assert torch.allclose(d[..., :64], torch.tanh(flat[..., :64]), atol=1e-6)
+        assert torch.allclose(d[..., 1:, 64:], torch.tanh(0.7 + code[..., 1:, 64:]), atol=1e-6)
+        half = 0.5 * flat[..., :1, 64:] + 0.5 * (0.7 + code[..., :1, 64:])
+        assert torch.allclose(d[..., :1, 64:], torch.tanh(half), atol=1e-6)
+        d.sum().backward()
+        assert logits.grad is None                       # depth never trains the labels
+        assert raw.grad[..., :64].abs().max() < 1e-6 < raw.grad[..., 64:].abs().min()
+    with pytest.raises(ValueError, match='ground depth map'):
+        net = TwinVAE(model_cfg(skips='shared', shared_layers=8, prior='residual',
+                                prior_gate='ground'))
+        net.prior.set_maps(depth_t, freq)
+    # Without the gate the residual applies everywhere; the gate needs the residual prior.
+    plain = TwinVAE(model_cfg(skips='shared', shared_layers=8, prior='residual'))
+    plain.prior.set_maps(depth_t, freq)
+    assert torch.allclose(plain.prior.depth(raw, logits), torch.tanh(0.7 + plain.prior.depth_code))
+    with pytest.raises(ValueError, match='needs model.prior: residual'):
+        model_cfg(prior_gate='ground')
+    with pytest.raises(ValueError, match='prior_gate'):
+        model_cfg(prior='residual', prior_gate='sky')
+
+
+def test_ground_prior_is_the_mean_over_the_frames_where_the_pixel_was_ground():
+    from training.mean_prior import fit_residual_prior
+    terrain, road, veg = 0, 4, 2
+    cfg = model_cfg(depth_encoding='log', prior='residual', prior_gate='ground')
+    frames = [item([[2.0, 30.0]], [[road, veg]]), item([[8.0, 5.0]], [[terrain, road]]),
+              item([[4.0, 20.0]], [[veg, veg]])]
+    depth_t, _, ground_t = fit_residual_prior(frames, cfg, shape=(1, 2))
+    code = lambda m: 2 * math.log(m / cfg.min_depth) / math.log(cfg.max_depth / cfg.min_depth) - 1  # noqa: E731,E501
+    # (0,0): ground in frames 1 and 2 (2 m, 8 m), all three in the prior; (0,1): road once.
+    assert ground_t[0, 0] == pytest.approx((code(2) + code(8)) / 2, abs=1e-6)
+    assert depth_t[0, 0] == pytest.approx((code(2) + code(8) + code(4)) / 3, abs=1e-6)
+    assert ground_t[0, 1] == pytest.approx(code(5), abs=1e-6)
+    frames = [item([[3.0]], [[veg]])]   # never ground: the prior's depth
+    depth_t, _, ground_t = fit_residual_prior(frames, cfg, shape=(1, 1))
+    assert ground_t[0, 0] == depth_t[0, 0]
+    assert fit_residual_prior(frames, model_cfg(prior='residual'), shape=(1, 1))[2] is None
+
+
+def test_ground_gate_is_the_same_in_training_and_deployed_paths():
+    cfg = model_cfg(skips='shared', shared_layers=8, prior='residual', prior_gate='ground')
+    torch.manual_seed(0)
+    net = TwinVAE(cfg).eval()
+    depth_t, freq = prior_maps(cfg)
+    net.prior.set_maps(depth_t, freq, 0.5 * depth_t)
+    x = torch.rand(1, 128, 128, 3) * 255
+    deployed = DepthSegNet.from_twin(net).eval()
+    d_dep, l_dep = deployed.heads(deployed.normalise(x.to(torch.uint8)))
+    _, z, feats = net.encode_skips(deployed.normalise(x.to(torch.uint8)), 'real')
+    d_train = net.decode(z, 'depth', feats)
+    assert torch.allclose(d_dep, d_train, atol=1e-6)
+    assert torch.allclose(l_dep, net.decode(z, 'seg', feats), atol=1e-6)
 
 
 def test_training_fits_the_residual_prior_and_exports_it(tiny_data, tmp_path, capsys):
@@ -843,3 +927,29 @@ def test_the_inference_package_never_imports_training(repo_root):
                 else []
             offenders += [f'{path.name}: {n}' for n in names if n.split('.')[0] == 'training']
     assert offenders == []
+
+
+def test_analysis_can_gate_a_trained_network_after_training(variant_dirs):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'bench'))
+    from analyse_depth_errors import gate_ground
+    p = Predictor.from_path(variant_dirs['prior_residual'], backend='torch', device='cpu',
+                            sky_as_infinity=False)
+    net = p.runner.net
+    last = net.dec_seg.layers[-1][0]
+    with torch.no_grad():   # a network sure that every pixel is road
+        last.weight.zero_()
+        last.bias.fill_(-30.0)
+        last.bias[CLASS_NAMES.index('road')] = 30.0
+    img = test_image(128, 128, seed=4)
+    before = p.predict(img).depth
+    assert gate_ground(p)
+    after = p.predict(img).depth
+    prior = decode_depth(torch.tanh(net.prior.depth_code[0, 0]), net.cfg.depth_encoding,
+                         net.cfg.min_depth, net.cfg.max_depth).numpy()
+    assert not np.allclose(before, prior, rtol=1e-3)
+    assert np.allclose(after, prior, rtol=1e-4)
+    assert gate_ground(p) is False   # gated once only
+    for name in ('mean_prior', 'prior_gate_ground'):   # no prior; a gate of its own
+        other = Predictor.from_path(variant_dirs[name], backend='torch', device='cpu')
+        assert gate_ground(other) is False

@@ -469,7 +469,7 @@ def supervised_terms(net, batch, model_cfg, sky_as_far=True, depth_norm='l2', ce
     """Baseline terms: real encoder + heads supervised directly on one labelled domain."""
     x = batch['image']
     _, z, feats = net.encode_skips(x, 'real')
-    d, s = net.decode(z, 'depth', feats), net.decode(z, 'seg', feats)
+    d, s = net.decode_heads(z, feats)
     terms = {
         'depth': depth_loss(d, batch['depth'], model_cfg, batch['labels'],
                             batch.get('has_depth'), sky_as_far, depth_norm),

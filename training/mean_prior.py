@@ -12,17 +12,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sim2real_perception.labels import IGNORE_INDEX
+from sim2real_perception.labels import CLASS_NAMES, IGNORE_INDEX
 from sim2real_perception.model import encode_depth, MeanPriorNet, ModelConfig
+from sim2real_perception.model_config import GROUND_CLASSES
 from sim2real_perception.model_io import export_model_dir
 
 from .losses import SKY_CLASS
 
 
-def _accumulate(frames, height, width, num_classes, max_depth, code=None):
-    """Sum per pixel the depth (metres, or ``code(metres)``), its count and label votes."""
+def _accumulate(frames, height, width, num_classes, max_depth, code=None, ground=()):
+    """Sum per pixel the depth (metres, or ``code(metres)``), its count and label votes.
+
+    With ``ground`` (class ids) it also returns the mean depth over the frames where the
+    pixel had one of those labels (the prior's depth where it never had).
+    """
     depth_sum = np.zeros((height, width), np.float64)
     depth_n = np.zeros((height, width), np.int64)
+    ground_sum = np.zeros((height, width), np.float64)
+    ground_n = np.zeros((height, width), np.int64)
     votes = np.zeros((num_classes, height, width), np.int64)
     for item in frames:
         labels = item['labels'].numpy() if item['has_labels'] else None
@@ -36,6 +43,10 @@ def _accumulate(frames, height, width, num_classes, max_depth, code=None):
             value = metres if code is None else code(metres)
             depth_sum += np.where(valid, value, 0.0)
             depth_n += valid
+            if ground and labels is not None:
+                on = valid & np.isin(labels, ground)
+                ground_sum += np.where(on, value, 0.0)
+                ground_n += on
         if labels is not None:
             for c in range(num_classes):
                 votes[c] += labels == c
@@ -43,7 +54,9 @@ def _accumulate(frames, height, width, num_classes, max_depth, code=None):
         raise ValueError('mean_prior needs labelled frames with depth (data.sim train split)')
     overall = depth_sum.sum() / depth_n.sum()
     depth = np.where(depth_n > 0, depth_sum / np.maximum(depth_n, 1), overall)
-    return depth, votes
+    if not ground:
+        return depth, votes
+    return depth, votes, np.where(ground_n > 0, ground_sum / np.maximum(ground_n, 1), depth)
 
 
 def fit_maps(frames, height, width, num_classes, max_depth):
@@ -63,21 +76,26 @@ def fit_maps(frames, height, width, num_classes, max_depth):
 
 
 def fit_residual_prior(frames, cfg, smoothing=1.0, shape=None):
-    """Return (depth target HxW in (-1, 1), class frequencies CxHxW) for ``model.prior``.
+    """Return (depth target HxW in (-1, 1), class frequencies CxHxW, ground) for ``model.prior``.
 
     The depth map is the per-pixel mean of the *encoded* depth (the constant the heads'
     MSE on encoded depth would learn); the frequencies are the label votes with
-    ``smoothing`` added to every class, so no class is impossible anywhere. ``shape``
-    (H, W) defaults to the model size.
+    ``smoothing`` added to every class, so no class is impossible anywhere. ``ground`` is
+    the same mean over the frames where the pixel was road or terrain, for
+    ``model.prior_gate: ground``, else None. ``shape`` (H, W) defaults to the model size.
     """
     height, width = shape or (cfg.height, cfg.width)
 
     def code(metres):
         t = torch.from_numpy(metres)
         return encode_depth(t, cfg.depth_encoding, cfg.min_depth, cfg.max_depth).numpy()
-    depth_t, votes = _accumulate(frames, height, width, cfg.num_classes, cfg.max_depth, code)
+    ground = [CLASS_NAMES.index(n) for n in GROUND_CLASSES if CLASS_NAMES.index(n) <
+              cfg.num_classes] if cfg.prior_gate == 'ground' else []
+    depth_t, votes, *ground_t = _accumulate(frames, height, width, cfg.num_classes,
+                                            cfg.max_depth, code, ground)
     freq = votes + float(smoothing)
-    return depth_t.astype(np.float32), (freq / freq.sum(0, keepdims=True)).astype(np.float32)
+    return (depth_t.astype(np.float32), (freq / freq.sum(0, keepdims=True)).astype(np.float32),
+            ground_t[0].astype(np.float32) if ground_t else None)
 
 
 def fit_and_export(dataset, model_cfg, out_dir, metadata=None):

@@ -512,8 +512,8 @@ class Trainer:
         """
         from .mean_prior import fit_residual_prior
         n, frames = self.prior_frames(name)
-        depth_t, freq = fit_residual_prior(frames, self.model_cfg)
-        self.net.prior.set_maps(torch.from_numpy(depth_t), torch.from_numpy(freq))
+        depth_t, freq, ground_t = fit_residual_prior(frames, self.model_cfg)
+        self.net.prior.set_maps(depth_t, freq, ground_t)
         self._log(f'[{stage}] model.prior fitted on {n} frames of {name}')
 
     def prior_frames(self, name):

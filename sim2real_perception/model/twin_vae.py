@@ -17,7 +17,8 @@ import math
 import torch
 import torch.nn as nn
 
-from ..model_config import ModelConfig
+from ..labels import CLASS_NAMES
+from ..model_config import GROUND_CLASSES, ModelConfig
 from .depth_coding import decode_depth
 from .packnet import PackLayer, ResBlock, UnpackLayer
 
@@ -186,17 +187,43 @@ class PriorMaps(nn.Module):
         h, w, c = cfg.height, cfg.width, cfg.num_classes
         self.register_buffer('depth_code', torch.zeros(1, 1, h, w))
         self.register_buffer('log_freq', torch.full((1, c, h, w), -math.log(c)))
+        self.ground = [CLASS_NAMES.index(n) for n in GROUND_CLASSES
+                       if CLASS_NAMES.index(n) < c] if cfg.prior_gate != 'none' else []
+        if cfg.prior_gate == 'ground':   # only then, so other checkpoints keep their keys
+            self.register_buffer('ground_code', torch.zeros(1, 1, h, w))
 
     @torch.no_grad()
-    def set_maps(self, depth_t, freq):
-        """Set the maps from a depth target map in (-1, 1) (H x W) and frequencies (C x H x W)."""
-        t = torch.as_tensor(depth_t, dtype=torch.float32).clamp(-0.995, 0.995)
-        f = torch.as_tensor(freq, dtype=torch.float32)
-        self.depth_code.copy_(torch.atanh(t).reshape(self.depth_code.shape))
-        self.log_freq.copy_(torch.log(f / f.sum(0, keepdim=True)).reshape(self.log_freq.shape))
+    def set_maps(self, depth_t, freq, ground_t=None):
+        """Set the maps from depth target maps in (-1, 1) (H x W) and frequencies (C x H x W).
 
-    def depth(self, raw):
-        return torch.tanh(raw + self.depth_code)
+        ``ground_t``: the ground's depth targets, for ``prior_gate: ground`` (needed then).
+        """
+        def code(t):
+            return torch.atanh(torch.as_tensor(t, dtype=torch.float32).clamp(-0.995, 0.995))
+        f = torch.as_tensor(freq, dtype=torch.float32)
+        self.depth_code.copy_(code(depth_t).reshape(self.depth_code.shape))
+        self.log_freq.copy_(torch.log(f / f.sum(0, keepdim=True)).reshape(self.log_freq.shape))
+        if hasattr(self, 'ground_code'):
+            if ground_t is None:
+                raise ValueError('model.prior_gate: ground needs the ground depth map')
+            self.ground_code.copy_(code(ground_t).reshape(self.ground_code.shape))
+
+    def depth(self, raw, logits=None):
+        """The prior's depth plus ``raw``; under ``prior_gate``, ``logits`` gate it.
+
+        The gate reads the logits without gradient: the labels learn from their own loss
+        only, and the depth loss cannot make the segmentation head unsee a road.
+        """
+        code = raw + self.depth_code
+        if self.ground:
+            p = torch.softmax(logits.detach(), dim=1)[:, self.ground].sum(1, keepdim=True)
+            flat = self.ground_code if hasattr(self, 'ground_code') else self.depth_code
+            code = p * flat + (1.0 - p) * code
+        return torch.tanh(code)
+
+    @property
+    def gated(self):
+        return bool(self.ground)
 
     def logits(self, raw):
         return raw + self.log_freq
@@ -262,20 +289,33 @@ class TwinVAE(nn.Module):
         """Decode a latent; ``feats`` (from ``encode_skips``) feed the task decoders' skips."""
         if domain not in ('depth', 'seg'):
             return self.decoder(domain)(z)
-        out = self.decoder(domain)(z, feats) if self.has_skips else self.decoder(domain)(z)
-        return with_prior(self.prior, domain, out)
+        if domain == 'depth' and self.prior is not None and self.prior.gated:
+            return self.decode_heads(z, feats)[0]
+        return with_prior(self.prior, domain, self._raw(z, domain, feats))
+
+    def _raw(self, z, head, feats):
+        return self.decoder(head)(z, feats) if self.has_skips else self.decoder(head)(z)
+
+    def decode_heads(self, z, feats=None):
+        """Return (depth, logits) from one latent, each head decoded once."""
+        logits = with_prior(self.prior, 'seg', self._raw(z, 'seg', feats))
+        return with_prior(self.prior, 'depth', self._raw(z, 'depth', feats), logits), logits
 
     def forward(self, x, domain='real'):
         """Inference path: depth targets in [-1, 1] and class logits for one domain."""
         _, z, feats = self.encode_skips(x, domain)
-        return self.decode(z, 'depth', feats), self.decode(z, 'seg', feats)
+        return self.decode_heads(z, feats)
 
 
-def with_prior(prior, head, out):
-    """Add a head's output to the prior (``model.prior: residual``), or return it as it is."""
+def with_prior(prior, head, out, logits=None):
+    """Add a head's output to the prior (``model.prior: residual``), or return it as it is.
+
+    ``logits`` (the finished segmentation output) gate the depth residual under
+    ``model.prior_gate: ground``.
+    """
     if prior is None:
         return out
-    return prior.depth(out) if head == 'depth' else prior.logits(out)
+    return prior.depth(out, logits) if head == 'depth' else prior.logits(out)
 
 
 class DepthSegNet(nn.Module):
@@ -329,4 +369,5 @@ class DepthSegNet(nn.Module):
         else:
             z = self.encoder(x)
             depth, logits = self.dec_depth(z), self.dec_seg(z)
-        return with_prior(self.prior, 'depth', depth), with_prior(self.prior, 'seg', logits)
+        logits = with_prior(self.prior, 'seg', logits)
+        return with_prior(self.prior, 'depth', depth, logits), logits
