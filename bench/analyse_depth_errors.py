@@ -93,12 +93,11 @@ def gate_ground(predictor):
 
     False (and nothing changed) when the network has no residual prior or a gate already.
     """
-    from sim2real_perception.labels import CLASS_NAMES
-    from sim2real_perception.model_config import GROUND_CLASSES
+    from sim2real_perception.model_config import ground_class_ids
     prior = getattr(predictor.runner.net, 'prior', None)
     if prior is None or prior.gated:
         return False
-    prior.ground = [CLASS_NAMES.index(n) for n in GROUND_CLASSES]
+    prior.ground = ground_class_ids(predictor.model_config.num_classes)
     return True
 
 

@@ -6,6 +6,8 @@ so it must stay free of torch imports (``sim2real_perception.model`` needs torch
 import dataclasses
 from dataclasses import dataclass
 
+from .labels import CLASS_NAMES
+
 #: How the tanh depth output maps to metres (sim2real_perception.model.depth_coding).
 ENCODINGS = ('linear', 'inverse', 'log')
 #: Which encoder features the depth and segmentation decoders also receive (U-Net skips):
@@ -24,8 +26,14 @@ PRIORS = ('none', 'residual')
 #: cars and buildings seen there, so it is too near for ground). Either way texture, shadow
 #: or markings on the ground cannot move its depth.
 PRIOR_GATES = ('none', 'ground', 'ground_mean')
-#: The classes ``prior_gate: ground`` reads as flat ground.
+#: The classes ``prior_gate`` reads as flat ground.
 GROUND_CLASSES = ('road', 'terrain')
+
+
+def ground_class_ids(num_classes):
+    """Return the ids of ``GROUND_CLASSES`` among the first ``num_classes`` classes."""
+    return [CLASS_NAMES.index(n) for n in GROUND_CLASSES if CLASS_NAMES.index(n) < num_classes]
+
 #: What the encoders do to an image before the stem: nothing (none, the paper); subtract
 #: each channel's mean over the image and divide by its std (image), so a camera's white
 #: balance, exposure and contrast never reach the network; or subtract each channel's mean

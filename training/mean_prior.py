@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sim2real_perception.labels import CLASS_NAMES, IGNORE_INDEX
+from sim2real_perception.labels import IGNORE_INDEX
 from sim2real_perception.model import encode_depth, MeanPriorNet, ModelConfig
-from sim2real_perception.model_config import GROUND_CLASSES
+from sim2real_perception.model_config import ground_class_ids
 from sim2real_perception.model_io import export_model_dir
 
 from .losses import SKY_CLASS
@@ -76,7 +76,7 @@ def fit_maps(frames, height, width, num_classes, max_depth):
 
 
 def fit_residual_prior(frames, cfg, smoothing=1.0, shape=None):
-    """Return (depth target HxW in (-1, 1), class frequencies CxHxW, ground) for ``model.prior``.
+    """Return (depth targets HxW in (-1, 1), class frequencies CxHxW, ground) for the prior.
 
     The depth map is the per-pixel mean of the *encoded* depth (the constant the heads'
     MSE on encoded depth would learn); the frequencies are the label votes with
@@ -89,8 +89,7 @@ def fit_residual_prior(frames, cfg, smoothing=1.0, shape=None):
     def code(metres):
         t = torch.from_numpy(metres)
         return encode_depth(t, cfg.depth_encoding, cfg.min_depth, cfg.max_depth).numpy()
-    ground = [CLASS_NAMES.index(n) for n in GROUND_CLASSES if CLASS_NAMES.index(n) <
-              cfg.num_classes] if cfg.prior_gate == 'ground' else []
+    ground = ground_class_ids(cfg.num_classes) if cfg.prior_gate == 'ground' else []
     depth_t, votes, *ground_t = _accumulate(frames, height, width, cfg.num_classes,
                                             cfg.max_depth, code, ground)
     freq = votes + float(smoothing)

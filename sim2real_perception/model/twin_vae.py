@@ -17,8 +17,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..labels import CLASS_NAMES
-from ..model_config import GROUND_CLASSES, ModelConfig
+from ..model_config import ground_class_ids, ModelConfig
 from .depth_coding import decode_depth
 from .packnet import PackLayer, ResBlock, UnpackLayer
 
@@ -187,8 +186,7 @@ class PriorMaps(nn.Module):
         h, w, c = cfg.height, cfg.width, cfg.num_classes
         self.register_buffer('depth_code', torch.zeros(1, 1, h, w))
         self.register_buffer('log_freq', torch.full((1, c, h, w), -math.log(c)))
-        self.ground = [CLASS_NAMES.index(n) for n in GROUND_CLASSES
-                       if CLASS_NAMES.index(n) < c] if cfg.prior_gate != 'none' else []
+        self.ground = ground_class_ids(c) if cfg.prior_gate != 'none' else []
         if cfg.prior_gate == 'ground':   # only then, so other checkpoints keep their keys
             self.register_buffer('ground_code', torch.zeros(1, 1, h, w))
 
