@@ -28,12 +28,6 @@ PRIORS = ('none', 'residual')
 PRIOR_GATES = ('none', 'ground', 'ground_mean')
 #: The classes ``prior_gate`` reads as flat ground.
 GROUND_CLASSES = ('road', 'terrain')
-
-
-def ground_class_ids(num_classes):
-    """Return the ids of ``GROUND_CLASSES`` among the first ``num_classes`` classes."""
-    return [CLASS_NAMES.index(n) for n in GROUND_CLASSES if CLASS_NAMES.index(n) < num_classes]
-
 #: What the encoders do to an image before the stem: nothing (none, the paper); subtract
 #: each channel's mean over the image and divide by its std (image), so a camera's white
 #: balance, exposure and contrast never reach the network; or subtract each channel's mean
@@ -42,6 +36,11 @@ def ground_class_ids(num_classes):
 INPUT_NORMS = ('none', 'image', 'image_joint')
 #: Deployed network kinds: the twin-VAE's real encoder + heads, or the per-pixel prior floor.
 ARCHITECTURES = ('twin_vae', 'mean_prior')
+
+
+def ground_class_ids(num_classes):
+    """Return the ids of ``GROUND_CLASSES`` among the first ``num_classes`` classes."""
+    return [CLASS_NAMES.index(n) for n in GROUND_CLASSES if CLASS_NAMES.index(n) < num_classes]
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,7 @@ class PriorMaps(nn.Module):
             self.ground_code.copy_(code(ground_t).reshape(self.ground_code.shape))
 
     def depth(self, raw, logits=None):
-        """The prior's depth plus ``raw``; under ``prior_gate``, ``logits`` gate it.
+        """Return the prior's depth plus ``raw``; under ``prior_gate``, ``logits`` gate it.
 
         The gate reads the logits without gradient: the labels learn from their own loss
         only, and the depth loss cannot make the segmentation head unsee a road.
