@@ -397,8 +397,7 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     mu_r_fake, z_r_fake, f_r_fake = net.encode_skips(x_r_fake, 'real')
     mu_r, z_r, f_r = net.encode_skips(x_real, 'real')
     pick = _mean_or_sample(mmd_on)
-    d_real = net.decode(head(mu_r_fake, z_r_fake), 'depth', f_r_fake)
-    s_real = net.decode(head(mu_r_fake, z_r_fake), 'seg', f_r_fake)
+    d_real, s_real = net.decode_heads(head(mu_r_fake, z_r_fake), f_r_fake)
     terms = {
         's2_kl_real': kl_unit(mu_r_fake),
         's2_kl_sim': kl_unit(mu_s) if sim_encoder else _zero_like(mu_r_fake),
@@ -427,8 +426,7 @@ def stage2_terms(net, sim_batch, x_real, model_cfg, gamma_scale=1.0, mmd_on='mu'
     else:
         x_s_fake = net.decode(z_r, 'sim')
         mu_s_fake, z_s_fake = net.encode(x_s_fake, 'sim')
-        d_show = net.decode(head(mu_s, z_s), 'depth', f_s)
-        s_show = net.decode(head(mu_s, z_s), 'seg', f_s)
+        d_show, s_show = net.decode_heads(head(mu_s, z_s), f_s)
         terms.update(
             s2_mmd_r2s=mmd_two_sample(pick(mu_s_fake, z_s_fake), pick(mu_r, z_r), gamma_scale),
             depth_sim=depth_loss(d_show, depth, model_cfg, labels, has_d, sky_as_far,

@@ -23,8 +23,9 @@ from .losses import SKY_CLASS
 def _accumulate(frames, height, width, num_classes, max_depth, code=None, ground=()):
     """Sum per pixel the depth (metres, or ``code(metres)``), its count and label votes.
 
-    With ``ground`` (class ids) it also returns the mean depth over the frames where the
-    pixel had one of those labels (the prior's depth where it never had).
+    Returns (depth, votes, ground): ``ground`` is, for ``ground`` class ids, the mean depth
+    over the frames where the pixel had one of those labels (the prior's depth where it
+    never had), and None without them.
     """
     depth_sum = np.zeros((height, width), np.float64)
     depth_n = np.zeros((height, width), np.int64)
@@ -55,7 +56,7 @@ def _accumulate(frames, height, width, num_classes, max_depth, code=None, ground
     overall = depth_sum.sum() / depth_n.sum()
     depth = np.where(depth_n > 0, depth_sum / np.maximum(depth_n, 1), overall)
     if not ground:
-        return depth, votes
+        return depth, votes, None
     return depth, votes, np.where(ground_n > 0, ground_sum / np.maximum(ground_n, 1), depth)
 
 
@@ -67,7 +68,7 @@ def fit_maps(frames, height, width, num_classes, max_depth):
     of all measurements. Labels: the most frequent label, ignoring 255; a pixel never
     labelled gets the most frequent label overall.
     """
-    depth, votes = _accumulate(frames, height, width, num_classes, max_depth)
+    depth, votes, _ = _accumulate(frames, height, width, num_classes, max_depth)
     labels = votes.argmax(0)
     unlabelled = votes.sum(0) == 0
     labels[unlabelled] = votes.sum((1, 2)).argmax()
@@ -90,11 +91,11 @@ def fit_residual_prior(frames, cfg, smoothing=1.0, shape=None):
         t = torch.from_numpy(metres)
         return encode_depth(t, cfg.depth_encoding, cfg.min_depth, cfg.max_depth).numpy()
     ground = ground_class_ids(cfg.num_classes) if cfg.prior_gate == 'ground' else []
-    depth_t, votes, *ground_t = _accumulate(frames, height, width, cfg.num_classes,
-                                            cfg.max_depth, code, ground)
+    depth_t, votes, ground_t = _accumulate(frames, height, width, cfg.num_classes,
+                                           cfg.max_depth, code, ground)
     freq = votes + float(smoothing)
     return (depth_t.astype(np.float32), (freq / freq.sum(0, keepdims=True)).astype(np.float32),
-            ground_t[0].astype(np.float32) if ground_t else None)
+            None if ground_t is None else ground_t.astype(np.float32))
 
 
 def fit_and_export(dataset, model_cfg, out_dir, metadata=None):
