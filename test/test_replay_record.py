@@ -114,70 +114,141 @@ def test_recorded_bag_holds_inputs_and_answers_and_scores_like_the_replay(bags, 
     assert 'recording' in replay.format_report(report)
 
 
-def test_a_node_that_hears_camera_info_late_still_answers_every_recorded_frame(bags, tmp_path):  # noqa: F811,E501
-    """The first frame is sent again until its depth/camera_info comes back, recorded once.
+class StandInNode:
+    """A real rclpy node on real DDS that answers images as depth_seg_node's outputs do.
 
-    This node (real rclpy, real DDS) subscribes to camera_info only after it answered its
-    first image, as a best-effort reader that matched late does: the camera_info sent with
-    the first frame never reaches it, so it has no depth/camera_info to send for it.
+    ``on_image(node, msg)`` is the answer; ``answer(msg, keys)`` publishes blank images
+    with the input's header on ``keys`` and ``camera_info(msg)`` the node's
+    depth/camera_info, so a test can change the order and timing a real node has.
     """
-    import threading
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import CameraInfo, Image
-    from test_node_support import RELIABLE
-    ns = f'/latecam{os.getpid()}'
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node('late_camera_info', namespace=ns, context=ctx)
-    pubs = {k: node.create_publisher(Image, k, RELIABLE)
-            for k in ('depth', 'segmentation', 'segmentation_color')}
-    info_pub = node.create_publisher(CameraInfo, 'depth/camera_info', RELIABLE)
-    state = {'info': None, 'answered': 0}
 
-    def on_info(msg):
-        state['info'] = msg
+    def __init__(self, ns, on_image, hear_camera_info=True):
+        import threading
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import CameraInfo, Image
+        from test_node_support import RELIABLE
+        self.rclpy, self.Image, self.CameraInfo = rclpy, Image, CameraInfo
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node('stand_in', namespace=ns, context=self.ctx)
+        self.pubs = {k: self.node.create_publisher(Image, k, RELIABLE)
+                     for k in ('depth', 'segmentation', 'segmentation_color')}
+        self.info_pub = self.node.create_publisher(CameraInfo, 'depth/camera_info', RELIABLE)
+        self.answered = 0
+        if hear_camera_info:  # as the node does, best effort
+            self.listen_to_camera_info()
+        self.node.create_subscription(Image, 'image', lambda msg: on_image(self, msg),
+                                      RELIABLE)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
 
-    def on_image(msg):
-        for key, encoding, step in (('depth', '32FC1', 4), ('segmentation', 'mono8', 1),
-                                    ('segmentation_color', 'rgb8', 3)):
-            pubs[key].publish(Image(header=msg.header, height=msg.height, width=msg.width,
-                                    encoding=encoding, step=msg.width * step,
-                                    data=bytes(msg.height * msg.width * step)))
-        if state['info'] is not None:
-            info_pub.publish(CameraInfo(header=msg.header, height=msg.height,
-                                        width=msg.width))
-        state['answered'] += 1
-        if state['answered'] == 1:
-            node.create_subscription(CameraInfo, 'camera_info', on_info,
-                                     qos_profile_sensor_data)
+    def listen_to_camera_info(self):
+        from rclpy.qos import qos_profile_sensor_data
+        self.info = None
+        self.node.create_subscription(self.CameraInfo, 'camera_info',
+                                      lambda m: setattr(self, 'info', m),
+                                      qos_profile_sensor_data)
 
-    node.create_subscription(Image, 'image', on_image, RELIABLE)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    rec = tmp_path / 'outputs_bag'
+    def answer(self, msg, keys=('depth', 'segmentation', 'segmentation_color')):
+        steps = {'depth': ('32FC1', 4), 'segmentation': ('mono8', 1),
+                 'segmentation_color': ('rgb8', 3)}
+        for key in keys:
+            encoding, step = steps[key]
+            self.pubs[key].publish(self.Image(
+                header=msg.header, height=msg.height, width=msg.width, encoding=encoding,
+                step=msg.width * step, data=bytes(msg.height * msg.width * step)))
+
+    def camera_info(self, msg):
+        self.info_pub.publish(self.CameraInfo(header=msg.header, height=msg.height,
+                                              width=msg.width))
+
+    def close(self):
+        self.executor.shutdown()
+        self.thread.join(timeout=5)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.ctx)
+
+
+def replay_through(node_factory, ns, bag, rec):
+    """Replay ``bag`` through a stand-in node under ``ns``, recording to ``rec``."""
+    node = node_factory()
     try:
-        report = replay.run_replay(options(
-            bags['mcap'], record=str(rec), publish_topic=f'{ns}/image',
-            depth_topic=f'{ns}/depth', labels_topic=f'{ns}/segmentation', timeout=20.0))
+        return replay.run_replay(options(
+            bag, record=str(rec), publish_topic=f'{ns}/image', depth_topic=f'{ns}/depth',
+            labels_topic=f'{ns}/segmentation', timeout=20.0))
     finally:
-        executor.shutdown()
-        thread.join(timeout=5)
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        node.close()
+
+
+def assert_every_output_recorded(report, rec, ns):
     n = report['frames_answered']
     assert n == report['frames_in_bag'] > 1 and not report['error']
-    assert state['answered'] > n                     # the first frame went out again
     msgs, _ = read_recording(rec)
     order = [stamp(m) for _, m in msgs[f'{ns}/image']]
-    assert len(order) == len(set(order)) == n       # ... and is in the bag once
+    assert len(order) == len(set(order)) == n       # each frame is in the bag once
     for topic in (f'{ns}/depth', f'{ns}/segmentation', f'{ns}/segmentation_color',
                   f'{ns}/depth/camera_info'):
         assert [stamp(m) for _, m in msgs[topic]] == order, topic
     assert report['recording']['messages'][f'{ns}/depth/camera_info'] == n
+
+
+def test_a_node_that_hears_camera_info_late_still_answers_every_recorded_frame(bags, tmp_path):  # noqa: F811,E501
+    """The first frame is sent again until its depth/camera_info comes back, recorded once.
+
+    This node subscribes to camera_info only after it answered its first image, as a
+    best-effort reader that matched late does: the camera_info sent with the first frame
+    never reaches it, so it has no depth/camera_info to send for it.
+    """
+    ns = f'/latecam{os.getpid()}'
+
+    def on_image(stand_in, msg):
+        stand_in.answer(msg)
+        if getattr(stand_in, 'info', None) is not None:
+            stand_in.camera_info(msg)
+        stand_in.answered += 1
+        if stand_in.answered == 1:
+            stand_in.listen_to_camera_info()
+
+    nodes = []
+
+    def factory():
+        nodes.append(StandInNode(ns, on_image, hear_camera_info=False))
+        return nodes[-1]
+    rec = tmp_path / 'outputs_bag'
+    report = replay_through(factory, ns, bags['mcap'], rec)
+    assert nodes[0].answered > report['frames_answered']   # the first frame went out again
+    assert_every_output_recorded(report, rec, ns)
+
+
+def test_outputs_sent_after_the_answer_are_still_recorded_for_the_last_frame(bags, tmp_path):  # noqa: F811,E501
+    """segmentation_color and depth/camera_info go out after depth and labels.
+
+    This node sends them half a second after a frame's depth and labels, from a timer,
+    so the replay sees every frame answered well before the last frame's arrive: the
+    recording must wait for them instead of closing.
+    """
+    ns = f'/slowinfo{os.getpid()}'
+    late = []
+
+    def on_image(stand_in, msg):
+        stand_in.answer(msg, ('depth', 'segmentation'))
+        stand_in.answered += 1
+
+        def send_rest():
+            timer.cancel()
+            stand_in.answer(msg, ('segmentation_color',))
+            if stand_in.info is not None:
+                stand_in.camera_info(msg)
+            late.append(msg.header.stamp)
+        timer = stand_in.node.create_timer(0.5, send_rest)
+
+    rec = tmp_path / 'outputs_bag'
+    report = replay_through(lambda: StandInNode(ns, on_image), ns, bags['mcap'], rec)
+    assert len(late) >= report['frames_answered']
+    assert_every_output_recorded(report, rec, ns)
 
 
 def test_recorder_reads_the_stamp_from_the_wire_and_keeps_one_message_per_stamp(tmp_path):

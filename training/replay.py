@@ -279,8 +279,10 @@ class Collector:
                                                    answer_qos)
                      for key, topic in self.topics.items()]
         self.record_subs = []
-        self.info_sub = None      # the node's depth/camera_info, when recording
-        self.info_answered = set()  # stamps the node sent a depth/camera_info for
+        self.color_sub = self.info_sub = None  # the node's other outputs, when recording
+        # Stamps of the node's other outputs as recorded, per role: they go out after depth
+        # and labels, so a frame is answered before they arrive.
+        self.recorded = {'segmentation_color': set(), 'depth_camera_info': set()}
         self.last_info = None     # the last camera_info published: CDR bytes
         if self.recorder is not None:  # the other outputs, recorded as they arrive (CDR)
             for role, msgtype in (('segmentation_color', Image),
@@ -288,7 +290,7 @@ class Collector:
                 self.record_subs.append(self.node.create_subscription(
                     msgtype, self.recorder.topics[role], self._on_recorded(role), answer_qos,
                     raw=True))
-            self.info_sub = self.record_subs[-1]
+            self.color_sub, self.info_sub = self.record_subs
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.running = True
@@ -312,10 +314,9 @@ class Collector:
 
         def callback(raw):
             self.recorder.write(role, raw)
-            if role == 'depth_camera_info':
-                with self.changed:
-                    self.info_answered.add(cdr_stamp_ns(raw))
-                    self.changed.notify_all()
+            with self.changed:
+                self.recorded[role].add(cdr_stamp_ns(raw))
+                self.changed.notify_all()
         return callback
 
     def info_expected(self):
@@ -373,6 +374,15 @@ class Collector:
                                       '(is depth_seg_node running, publishing there?)')
                 time.sleep(0.05)
         time.sleep(0.3)  # let the node's side of the new connections settle too
+
+    def trailing_roles(self):
+        """Return the recorded outputs the node sends after depth and labels, per frame."""
+        if self.recorder is None:
+            return []
+        roles = ['depth_camera_info'] if self.info_expected() else []
+        if self.color_sub.get_publisher_count() > 0:
+            roles.append('segmentation_color')
+        return roles
 
     def publish(self, kind, stamp, raw, retime=True):
         """Publish recorded bytes; images are timed from here (unless not ``retime``)."""
@@ -564,7 +574,7 @@ def _first_camera_info(opts, col, stamp, raw):
     waited = 0.0
     step = 0.25
     while waited < opts.timeout:
-        if col.wait(lambda: stamp in col.info_answered, step):
+        if col.wait(lambda: stamp in col.recorded['depth_camera_info'], step):
             return
         col.publish('camera_info', None, col.last_info)
         col.publish('image', stamp, raw, retime=False)   # its latency is already measured
@@ -591,6 +601,25 @@ def _wait_until_idle(opts, col, scorer, first_timeout=None):
         if scorer.next >= target or quiet >= opts.idle:
             return
         time.sleep(0.05)
+
+
+def _wait_for_trailing_outputs(opts, col, stamps):
+    """Wait (up to ``idle`` s) for the outputs the node sends after a frame's answer.
+
+    The node publishes segmentation_color and depth/camera_info after depth and labels, so
+    without this the recording could close before the last frame's arrive.
+    """
+    roles = col.trailing_roles()
+    stamps = set(stamps)
+    if not roles or not stamps:
+        return
+    if col.wait(lambda: all(stamps <= col.recorded[r] for r in roles), opts.idle):
+        return
+    with col.lock:
+        short = {col.recorder.topics[r]: len(stamps - col.recorded[r]) for r in roles}
+    print(f'[replay] warning: recording closed without these answered frames\' outputs '
+          f'(topic: frames) after {opts.idle:g} s: '
+          + ', '.join(f'{t}: {n}' for t, n in short.items() if n), file=sys.stderr, flush=True)
 
 
 def _percentiles(values):
@@ -644,6 +673,7 @@ def run_replay(opts, on_ready=None):
                       f'{opts.input_topic()}', flush=True)
             error = _send(opts, bag, col, scorer)
             _wait_until_idle(opts, col, scorer)
+        _wait_for_trailing_outputs(opts, col, scorer.answered)
     except KeyboardInterrupt:
         interrupted = True
         print('\n[replay] interrupted: partial report', file=sys.stderr, flush=True)
