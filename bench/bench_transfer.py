@@ -333,6 +333,11 @@ ROWS = (
      PASTE_LR05,
      'ablation: sim_only_region_kitti_bld_st700_r2_keep8_paste with half the self-training '
      'learning rate (5e-4; 3e-3 lost on every seed); same cost'),
+    ('sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05_depth', 'sim_only',
+     PASTE_LR05 + ['loss.self_train_depth=1.0'],
+     'variant: _paste_lr05 whose self-training also teaches depth on the sim objects it '
+     'pastes into the real frames, to their sim depth (loss.self_train_depth): object depth '
+     "in a real frame's context; same cost"),
     ('sim_only_kitti_st700_r2_keep8_paste_lr05', 'sim_only',
      ['data.sim.appearance_aug=0.0', INPUT_NORM]
      + [o for o in PASTE_LR05 if not o.startswith('data.sim.region')],

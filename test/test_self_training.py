@@ -78,7 +78,7 @@ def test_self_train_terms_learn_the_given_real_labels():
             'labels': torch.full((2, 128, 128), 255, dtype=torch.long)}
     real['labels'][:, :64] = 7
     terms, _ = losses.self_train_terms(net, sim, real, mc)
-    assert list(terms) == list(losses.SELF_TRAIN_TERMS)
+    assert list(terms) == [k for k in losses.SELF_TRAIN_TERMS if k != 'self_train_depth']
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     first = float(terms['self_train_ce'].detach())
     for _ in range(15):
@@ -99,15 +99,61 @@ def test_paste_classes_copies_the_sim_frame_s_classes_with_their_labels():
     sim_lab[1, 3, 0] = 255                    # unlabelled sim pixels are never pasted
     sim = {'image': torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5) + 1,
            'labels': sim_lab}
-    img, lab = losses.paste_classes(real_img, real_lab, sim, (10, 8))
+    img, lab, pasted = losses.paste_classes(real_img, real_lab, sim, (10, 8))
     mask = torch.zeros(3, 4, 5, dtype=torch.bool)
     mask[0, 1, 1:3] = mask[1, 0, 4] = True
     assert torch.equal(img, torch.where(mask[:, None], torch.cat([sim['image'], real_img[2:]]),
                                         real_img))
+    assert torch.equal(pasted, mask[:2])      # the pasted pixels of the frames with a pair
     want = real_lab.clone()
     want[0, 1, 1:3], want[1, 0, 4] = 10, 8
     assert torch.equal(lab, want)             # the third real frame has no sim pair: as it was
     assert torch.equal(real_lab[:, 0], torch.full((3, 5), 2))   # inputs untouched
+
+
+def test_pasted_objects_teach_depth_to_their_sim_depth_and_nothing_else_does():
+    """loss.self_train_depth: the pasted pixels' sim depth is the only depth target."""
+    from sim2real_perception.model import ModelConfig, TwinVAE
+    mc = ModelConfig.from_dict(load_config('test')['model'])
+    torch.manual_seed(0)
+    net = TwinVAE(mc)
+    sim_lab = torch.zeros(2, 128, 128, dtype=torch.long)
+    sim_lab[0, 80:100, 20:60] = 10            # a car in sim frame 0
+    sim_lab[1, 40:90, 100:104] = 8            # a pole in sim frame 1
+    depth = torch.full((2, 1, 128, 128), 30.0)
+    depth[0, 0, 80:100, 20:60], depth[1, 0, 40:90, 100:104] = 12.0, 6.0
+    sim = {'image': torch.rand(2, 3, 128, 128) * 2 - 1, 'depth': depth, 'labels': sim_lab}
+    real = {'image': torch.rand(3, 3, 128, 128) * 2 - 1,
+            'labels': torch.full((3, 128, 128), 3, dtype=torch.long)}
+
+    def terms(sim_batch):
+        torch.manual_seed(1)
+        return losses.self_train_terms(net, sim_batch, real, mc, paste=(10, 8), sim_terms=False,
+                                       paste_depth=True)[0]
+    got = {k: v.detach() for k, v in terms(sim).items()}
+    assert list(got) == ['self_train_ce', 'self_train_depth']
+    # By hand: the same view and forward pass, the error over the pasted pixels only.
+    image, _, mask = losses.paste_classes(real['image'], real['labels'], sim, (10, 8))
+    torch.manual_seed(1)
+    _, z, feats = net.encode_skips(losses.strong_view(image), 'real')
+    d, _ = net.decode_heads(z, feats)
+    target, _ = losses.depth_targets(depth, mc)
+    want = (d[:2] - target)[mask[:, None]].pow(2).mean()
+    assert float(got['self_train_depth']) == pytest.approx(float(want), rel=1e-5)
+    far_elsewhere = dict(sim, depth=torch.where(sim_lab[:, None] == 0,
+                                                torch.full_like(depth, 70.0), depth))
+    assert float(terms(far_elsewhere)['self_train_depth']) == float(got['self_train_depth'])
+    nearer_car = dict(sim, depth=depth * 0.5)
+    assert float(terms(nearer_car)['self_train_depth']) != float(got['self_train_depth'])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(15):
+        loss = terms(sim)['self_train_depth']
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.5 * float(got['self_train_depth'])
+    with pytest.raises(ValueError, match='self_train_depth needs pasted'):
+        losses.self_train_terms(net, sim, real, mc, paste_depth=True)
 
 
 def test_classmix_pastes_whole_classes_half_of_those_each_sim_frame_holds():
@@ -116,7 +162,8 @@ def test_classmix_pastes_whole_classes_half_of_those_each_sim_frame_holds():
     sim_lab[1] = torch.where(sim_lab[1] == 4, torch.full_like(sim_lab[1], 255), sim_lab[1])
     sim = {'image': torch.rand(2, 3, 8, 8) + 2.0, 'labels': sim_lab}
     real_lab = torch.full((2, 8, 8), 7, dtype=torch.long)
-    img, lab = losses.paste_classes(torch.zeros(2, 3, 8, 8), real_lab, sim, losses.CLASSMIX)
+    img, lab, _ = losses.paste_classes(torch.zeros(2, 3, 8, 8), real_lab, sim,
+                                       losses.CLASSMIX)
     for i in range(2):
         pasted = lab[i] != 7
         assert torch.equal(pasted, img[i, 0] > 0)
@@ -152,6 +199,23 @@ def test_self_training_with_pasted_classes_loads_sim_frames_but_not_their_terms(
     assert train.main(['--config', 'test', '--run-dir', str(tmp_path / 'bad'), '--method',
                        'sim_only', '--set', *_sets(tiny_data, extra=[
                            'train.self_train_paste=[lorry]'])]) == 2
+    assert train.main(['--config', 'test', '--run-dir', str(tmp_path / 'bad2'), '--method',
+                       'sim_only', '--set', *_sets(tiny_data, extra=[
+                           'loss.self_train_depth=1.0'])]) == 2
+
+
+def test_self_training_with_pasted_depth_logs_and_trains_the_depth_term(tiny_data, tmp_path):
+    sets = _sets(tiny_data, extra=['train.self_train_sim=false', 'train.self_train_batch=2',
+                                   'train.self_train_paste=[road, car]',
+                                   'loss.self_train_depth=1.0'])
+    trainer = train.Trainer(load_config('test', sets), tmp_path, 'sim_only')
+    summary = trainer.run('all')
+    trainer.close()
+    assert summary['steps'] == {'supervised': 3, 'self_train': 3}
+    with open(tmp_path / 'logs' / 'self_train.csv') as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][-2:] == ['self_train_ce', 'self_train_depth']
+    assert all(math.isfinite(float(r[-1])) and float(r[-1]) > 0 for r in rows[1:])
 
 
 def _sets(tiny_data, steps=3, extra=()):

@@ -116,7 +116,8 @@ _SUPERVISED_KEYS = ('train.supervised_epochs', 'train.supervised_steps', 'loss.d
 #: sim_only's self-training stage (train.self_train_steps > 0) reads these and the real frames.
 _SELF_TRAIN_KEYS = ('train.self_train_steps', 'train.self_train_lr', 'train.self_train_keep',
                     'train.self_train_batch', 'train.self_train_sim',
-                    'train.self_train_rounds', 'train.self_train_paste', 'loss.self_train_ce')
+                    'train.self_train_rounds', 'train.self_train_paste', 'loss.self_train_ce',
+                    'loss.self_train_depth')
 _SELF_TRAIN_READS = ('data.real', 'loss.pseudo_threshold', 'loss.pseudo_strength')
 #: Config keys a method never reads: editing them (say, a twin-VAE setting of the preset)
 #: does not make that method's finished runs stale.

@@ -65,6 +65,8 @@ SELF_TRAIN_TERMS = {
     **SUPERVISED_TERMS,
     'self_train_ce': 'beyond the paper: cross entropy of G_I(E_R(strong(x_R))) to the '
                      "network's class-balanced confident labels of x_R, made once",
+    'self_train_depth': 'beyond the paper: depth error of G_D(E_R(strong(x_R))) on the sim '
+                        'objects pasted into x_R, to their sim depth',
 }
 
 
@@ -479,23 +481,39 @@ def supervised_terms(net, batch, model_cfg, sky_as_far=True, depth_norm='l2', ce
 
 
 def self_train_terms(net, sim_batch, real_batch, model_cfg, sky_as_far=True, depth_norm='l2',
-                     strength=1.0, paste=(), sim_terms=True):
+                     strength=1.0, paste=(), sim_terms=True, paste_depth=False):
     """Self-training stage terms: the sim supervision and the real frames' fixed labels.
 
     The real frames are re-rendered (``strong_view``) so the network must give the labels it
     gave the clean frame to a differently photographed one; the mean runs over kept pixels.
     ``paste`` (class ids, or ``CLASSMIX``) first copies those pixels of the paired sim frame
     onto each real frame, with their sim labels (``paste_classes``). ``sim_terms`` False (or no
-    ``sim_batch``) leaves the sim frames' own supervision out.
+    ``sim_batch``) leaves the sim frames' own supervision out. ``paste_depth`` also teaches
+    depth there: the pasted pixels keep their sim depth as the target (the sim camera is the
+    real one's), so the depth head learns objects in a real frame's context; the rest of the
+    frame has no depth target.
     """
     terms, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm) \
         if sim_batch is not None and sim_terms else ({}, None)
     image, labels = real_batch['image'], real_batch['labels']
+    mask = None
     if paste and sim_batch is not None:
-        image, labels = paste_classes(image, labels, sim_batch, paste)
+        image, labels, mask = paste_classes(image, labels, sim_batch, paste)
     view = strong_view(image, strength)
     _, z, feats = net.encode_skips(view, 'real')
-    terms['self_train_ce'] = seg_loss(net.decode(z, 'seg', feats), labels)
+    if not paste_depth:
+        terms['self_train_ce'] = seg_loss(net.decode(z, 'seg', feats), labels)
+        return terms, images
+    if mask is None:
+        raise ValueError('loss.self_train_depth needs pasted sim objects '
+                         '(train.self_train_paste and a sim batch)')
+    d, s = net.decode_heads(z, feats)
+    terms['self_train_ce'] = seg_loss(s, labels)
+    depth = torch.full_like(d, float('nan'))
+    depth[:mask.shape[0]] = torch.where(mask[:, None], sim_batch['depth'][:mask.shape[0]]
+                                        .to(d.device, d.dtype), depth[:mask.shape[0]])
+    terms['self_train_depth'] = depth_loss(d, depth, model_cfg, norm=depth_norm,
+                                           sky_as_far=False)
     return terms, images
 
 
@@ -512,6 +530,7 @@ def paste_classes(image, labels, sim_batch, classes):
     so a pasted object stands where such an object could. Real frames beyond the sim batch
     are left as they are. ``classes`` is a tuple of class ids, or ``CLASSMIX``: a random half
     of the classes each sim frame holds (DACS's ClassMix, ``class_mix_mask``), regions too.
+    Return the new images and labels, and the pasted pixels (the first n frames, NxHxW).
     """
     n = min(image.shape[0], sim_batch['image'].shape[0])
     sim_lab = sim_batch['labels'][:n].to(labels.device)
@@ -520,4 +539,4 @@ def paste_classes(image, labels, sim_batch, classes):
     image, labels = image.clone(), labels.clone()
     image[:n] = torch.where(mask[:, None], sim_batch['image'][:n].to(image.dtype), image[:n])
     labels[:n] = torch.where(mask, sim_lab.to(labels.dtype), labels[:n])
-    return image, labels
+    return image, labels, mask

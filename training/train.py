@@ -60,6 +60,7 @@ class StageLoss(nn.Module):
         #: (``self_train_paste``, the ``train.self_train_paste`` setting) and
         #: whether its sim frames are also supervised (``train.self_train_sim``)
         self.paste, self.sim_terms = paste, bool(sim_terms)
+        self.paste_depth = paste_depth(loss_cfg)   # loss.self_train_depth > 0
         #: ``training.style_mix.StyleMixer`` of a sim_only run with ``train.style_mix``, or None
         self.style_mixer = style_mixer
         #: per-class cross-entropy weights (``loss.ce_class_balance``), or None
@@ -99,7 +100,7 @@ class StageLoss(nn.Module):
             sim, real = (first, second) if second is not None else (None, first)
             return losses.self_train_terms(self.net, sim, real, self.model_cfg,
                                            self.sky_as_far, self.depth_norm, self.strength,
-                                           self.paste, self.sim_terms)
+                                           self.paste, self.sim_terms, self.paste_depth)
         if self.style_mixer is not None:
             self.style_mixer.prepare(second['image'], first['image'].shape[0])
         try:
@@ -181,6 +182,11 @@ def self_train_paste(train_cfg):
     return tuple(CLASS_NAMES.index(n) for n in names)
 
 
+def paste_depth(loss_cfg):
+    """Whether self-training also teaches depth on its pasted sim objects."""
+    return float(loss_cfg.get('self_train_depth', 0.0)) > 0
+
+
 def stage_weights(stage, loss_cfg, train_cfg):
     """Return the ``loss.*`` weight of each of a stage's terms, in the documented order."""
     key = 'self_train' if is_self_train(stage) else stage
@@ -188,6 +194,8 @@ def stage_weights(stage, loss_cfg, train_cfg):
              'supervised': losses.SUPERVISED_TERMS, 'self_train': losses.SELF_TRAIN_TERMS}[key]
     if is_self_train(stage) and not train_cfg['self_train_sim']:   # no sim batch: no sim terms
         names = [k for k in names if k not in losses.SUPERVISED_TERMS]
+    if not paste_depth(loss_cfg):
+        names = [k for k in names if k != 'self_train_depth']
     return {k: float(loss_cfg[k]) for k in names}
 
 
@@ -265,6 +273,9 @@ class Trainer:
         self.ckpt_dir = self.run_dir / 'checkpoints'
         self.seed = int(self.t['seed'])
         check_train_config(self.t)
+        if paste_depth(self.loss_cfg) and not self_train_paste(self.t):
+            raise ValueError('loss.self_train_depth > 0 teaches depth on pasted sim objects: '
+                             'it needs train.self_train_paste')
         if self._style_mix() > 0 and method != 'sim_only':
             raise ValueError(f'train.style_mix is for --method sim_only (got {method}): it '
                              'mixes real frame statistics into the sim frames of that baseline')
