@@ -111,8 +111,8 @@ def test_paste_classes_copies_the_sim_frame_s_classes_with_their_labels():
     assert torch.equal(real_lab[:, 0], torch.full((3, 5), 2))   # inputs untouched
 
 
-def test_pasted_objects_teach_depth_to_their_sim_depth_and_nothing_else_does():
-    """loss.self_train_depth: the pasted pixels' sim depth is the only depth target."""
+def test_pasted_objects_teach_their_sim_depth_and_the_rest_keeps_the_clean_frame_s():
+    """loss.self_train_depth: the pasted pixels learn their sim depth, the rest keeps its own."""
     from sim2real_perception.model import ModelConfig, TwinVAE
     mc = ModelConfig.from_dict(load_config('test')['model'])
     torch.manual_seed(0)
@@ -132,13 +132,18 @@ def test_pasted_objects_teach_depth_to_their_sim_depth_and_nothing_else_does():
                                        paste_depth=True)[0]
     got = {k: v.detach() for k, v in terms(sim).items()}
     assert list(got) == ['self_train_ce', 'self_train_depth']
-    # By hand: the same view and forward pass, the error over the pasted pixels only.
+    # By hand, in the same order of draws: the pasted pixels to their sim depth, the rest
+    # to the network's own depth of the clean frame, one mean each.
     image, _, mask = losses.paste_classes(real['image'], real['labels'], sim, (10, 8))
     torch.manual_seed(1)
+    with torch.no_grad():
+        mu, _, clean_feats = net.encode_skips(real['image'], 'real')
+        anchor = net.decode(mu, 'depth', clean_feats)
     _, z, feats = net.encode_skips(losses.strong_view(image), 'real')
     d, _ = net.decode_heads(z, feats)
     target, _ = losses.depth_targets(depth, mc)
-    want = (d[:2] - target)[mask[:, None]].pow(2).mean()
+    rest = torch.cat([~mask, torch.ones_like(mask[:1])])[:, None]
+    want = (d[:2] - target)[mask[:, None]].pow(2).mean() + (d - anchor)[rest].pow(2).mean()
     assert float(got['self_train_depth']) == pytest.approx(float(want), rel=1e-5)
     far_elsewhere = dict(sim, depth=torch.where(sim_lab[:, None] == 0,
                                                 torch.full_like(depth, 70.0), depth))

@@ -489,9 +489,11 @@ def self_train_terms(net, sim_batch, real_batch, model_cfg, sky_as_far=True, dep
     ``paste`` (class ids, or ``CLASSMIX``) first copies those pixels of the paired sim frame
     onto each real frame, with their sim labels (``paste_classes``). ``sim_terms`` False (or no
     ``sim_batch``) leaves the sim frames' own supervision out. ``paste_depth`` also teaches
-    depth there: the pasted pixels keep their sim depth as the target (the sim camera is the
-    real one's), so the depth head learns objects in a real frame's context; the rest of the
-    frame has no depth target.
+    depth: the pasted pixels to their sim depth (the sim camera is the real one's), so the
+    depth head learns objects in a real frame's context, and every other pixel to the
+    network's own depth of the clean, unpasted frame (no gradient), which anchors the rest
+    of the frame: without it the depth head, taught on objects only, drifts everywhere
+    else. The term is the sum of the two means (``self_train_depth_terms``).
     """
     terms, images = supervised_terms(net, sim_batch, model_cfg, sky_as_far, depth_norm) \
         if sim_batch is not None and sim_terms else ({}, None)
@@ -499,22 +501,44 @@ def self_train_terms(net, sim_batch, real_batch, model_cfg, sky_as_far=True, dep
     mask = None
     if paste and sim_batch is not None:
         image, labels, mask = paste_classes(image, labels, sim_batch, paste)
+    if paste_depth:
+        if mask is None:
+            raise ValueError('loss.self_train_depth needs pasted sim objects '
+                             '(train.self_train_paste and a sim batch)')
+        with torch.no_grad():
+            mu, _, feats = net.encode_skips(real_batch['image'], 'real')
+            anchor = net.decode(mu, 'depth', feats).float()
     view = strong_view(image, strength)
     _, z, feats = net.encode_skips(view, 'real')
     if not paste_depth:
         terms['self_train_ce'] = seg_loss(net.decode(z, 'seg', feats), labels)
         return terms, images
-    if mask is None:
-        raise ValueError('loss.self_train_depth needs pasted sim objects '
-                         '(train.self_train_paste and a sim batch)')
     d, s = net.decode_heads(z, feats)
     terms['self_train_ce'] = seg_loss(s, labels)
-    depth = torch.full_like(d, float('nan'))
-    depth[:mask.shape[0]] = torch.where(mask[:, None], sim_batch['depth'][:mask.shape[0]]
-                                        .to(d.device, d.dtype), depth[:mask.shape[0]])
-    terms['self_train_depth'] = depth_loss(d, depth, model_cfg, norm=depth_norm,
-                                           sky_as_far=False)
+    terms['self_train_depth'] = self_train_depth_terms(d, anchor, sim_batch['depth'], mask,
+                                                       model_cfg, depth_norm)
     return terms, images
+
+
+def self_train_depth_terms(pred, anchor, sim_depth, mask, model_cfg, norm='l2'):
+    """Depth error of pasted pixels to their sim depth plus that of the rest to ``anchor``.
+
+    ``pred`` and ``anchor`` are encoded depth (Bx1xHxW); ``mask`` the pasted pixels of the
+    first n frames (NxHxW) and ``sim_depth`` their sim frames' metres. Each part is a mean
+    over its own pixels, so a few pasted objects weigh as much as the rest of the frame.
+    """
+    pred = pred.float()
+    n = mask.shape[0]
+    code, valid = depth_targets(sim_depth[:n].to(pred.device), model_cfg, None, False)
+    pasted = torch.zeros_like(pred, dtype=torch.bool)
+    pasted[:n] = mask[:, None] & valid
+    rest = torch.ones_like(pasted)
+    rest[:n] = ~mask[:, None]
+    target = anchor.clone()
+    target[:n] = torch.where(mask[:, None], code.to(target.dtype), anchor[:n])
+    err = (pred - target).abs() if norm == 'l1' else (pred - target).pow(2)
+    out = err[rest].mean() if bool(rest.any()) else _zero_like(pred)
+    return out + err[pasted].mean() if bool(pasted.any()) else out
 
 
 #: ``train.self_train_paste: classmix``: paste a random half of each sim frame's classes.

@@ -818,7 +818,9 @@ def build_parser():
     p.add_argument('--timeout', type=float, default=d.timeout,
                    help='seconds to wait for the node to appear and for each answer')
     p.add_argument('--idle', type=float, default=d.idle,
-                   help='after the last frame: stop when no answer came for this many seconds')
+                   help='after the last frame: stop when no answer came for this many seconds; '
+                        'also the longest wait for the segmentation_color and '
+                        'depth/camera_info of the frames answered (--record)')
     p.add_argument('--listen-timeout', type=float, default=d.listen_timeout,
                    help='listen mode: seconds to wait for the first frame from `ros2 bag play`')
     p.add_argument('--max-frames', type=int, default=0, help='replay the first N frames; 0 = all')
