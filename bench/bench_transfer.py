@@ -89,6 +89,8 @@ NO_PSEUDO = WARM_MMD + PSEUDO_OFF + ['train.stage2_steps=240']
 #: and std 1 (the baselines' since 2026-12-07), or centred with one std over all channels.
 INPUT_NORM = 'model.input_norm=image'
 GROUND_GATE = 'model.prior_gate=ground'
+#: Each pixel's depth error weighed by its class's share ** -0.5 (cars, poles, signs).
+DEPTH_BALANCE = 'loss.depth_class_balance=0.5'
 INPUT_NORM_JOINT = 'model.input_norm=image_joint'
 #: Virtual KITTI 2 renders every clone viewpoint again at other times of day and weathers;
 #: the ``*_vars`` rows train on six of them (the same viewpoints, 6x the sim images) from a
@@ -149,6 +151,12 @@ ROWS = (
      + WITH_SCENES60_SIM,
      'variant: sim_only trained on the textured sim drawn as 60 scenes of 10 frames (same '
      '600 frames): does the sim depth head memorise its 12 scenes?'),
+    ('sim_only_dcb', 'sim_only', ['data.sim.appearance_aug=0.0', INPUT_NORM, DEPTH_BALANCE],
+     "variant: sim_only with a class-balanced depth loss (loss.depth_class_balance: 0.5): "
+     'objects, a few per cent of the pixels, are where a per-pixel mean fails and where '
+     'sim_only predicts even its own sim objects too far'),
+    ('oracle_dcb', 'oracle', [INPUT_NORM, DEPTH_BALANCE],
+     'ablation: the oracle with the class-balanced depth loss of sim_only_dcb'),
     ('sim_only_gate', 'sim_only', ['data.sim.appearance_aug=0.0', INPUT_NORM, GROUND_GATE],
      'variant: sim_only whose depth is flat ground\'s where its own labels say road or '
      'terrain (model.prior_gate: ground): textures, shadows and markings on the ground '
@@ -338,6 +346,14 @@ ROWS = (
      'variant: _paste_lr05 whose self-training also teaches depth on the sim objects it '
      'pastes into the real frames, to their sim depth (loss.self_train_depth): object depth '
      "in a real frame's context; same cost"),
+    ('sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05_dcb', 'sim_only',
+     PASTE_LR05 + [DEPTH_BALANCE],
+     "variant: _paste_lr05 with sim_only_dcb's class-balanced depth loss in its supervised "
+     'steps; same cost'),
+    ('sim_only_region_kitti_st700_r2_keep8_paste_lr05', 'sim_only',
+     [o for o in PASTE_LR05 if not o.startswith('data.sim.region_keep_hue')],
+     "ablation: _paste_lr05 on sim_only_region_kitti's sim side (the buildings' hue "
+     "randomised too): _bld buys labels and costs depth on the textured sim; same cost"),
     ('sim_only_kitti_st700_r2_keep8_paste_lr05', 'sim_only',
      ['data.sim.appearance_aug=0.0', INPUT_NORM]
      + [o for o in PASTE_LR05 if not o.startswith('data.sim.region')],

@@ -112,7 +112,7 @@ _STAGE_KEYS = ('train.stage1_epochs', 'train.stage2_epochs', 'train.stage1_steps
                           'pseudo_threshold', 'pseudo_strength', 'pseudo_mix',
                           'pseudo_teacher_ema'))
 _SUPERVISED_KEYS = ('train.supervised_epochs', 'train.supervised_steps', 'loss.depth',
-                    'loss.ce', 'train.bn_recalibrate_baselines')
+                    'loss.ce', 'train.bn_recalibrate_baselines', 'loss.depth_class_balance')
 #: sim_only's self-training stage (train.self_train_steps > 0) reads these and the real frames.
 _SELF_TRAIN_KEYS = ('train.self_train_steps', 'train.self_train_lr', 'train.self_train_keep',
                     'train.self_train_batch', 'train.self_train_sim',

@@ -161,12 +161,15 @@ DEPTH_NORMS = ('l2', 'l1')
 
 
 def depth_loss(pred, depth, model_cfg, labels=None, sample_mask=None, sky_as_far=True,
-               norm='l2'):
+               norm='l2', weight=None):
     """Masked MSE (or L1) between tanh outputs and encoded targets over valid pixels.
 
     ``sample_mask`` (B bools, e.g. ``has_depth``) drops whole frames without depth. ``l1``
     on log depth is a relative error like AbsRel, and lets no pixel (a sky edge taken for a
     tree top: a code error near 1) outweigh a thousand small ones, as its square does.
+    ``weight`` (per class, beyond the paper: ``loss.depth_class_balance``) weighs each pixel
+    by its label's weight (unlabelled pixels weigh 1) in a weighted mean, so the thin
+    objects a per-pixel mean hardly sees (cars, poles) get their depth learnt.
     """
     if norm not in DEPTH_NORMS:
         raise ValueError(f'loss.depth_norm={norm!r} not in {DEPTH_NORMS}')
@@ -177,7 +180,19 @@ def depth_loss(pred, depth, model_cfg, labels=None, sample_mask=None, sky_as_far
     if not bool(valid.any()):
         return _zero_like(pred)
     err = (pred - target)[valid]
-    return err.abs().mean() if norm == 'l1' else err.pow(2).mean()
+    err = err.abs() if norm == 'l1' else err.pow(2)
+    if weight is None or labels is None:
+        return err.mean()
+    w = pixel_weights(labels, weight).unsqueeze(1).expand_as(valid)[valid]
+    return (w * err).sum() / w.sum()
+
+
+def pixel_weights(labels, weight):
+    """Each pixel's class weight (``weight[label]``); unlabelled pixels weigh 1."""
+    weight = weight.to(labels.device, torch.float32)
+    known = labels < weight.numel()
+    return torch.where(known, weight[labels.clamp(0, weight.numel() - 1)],
+                       torch.ones_like(labels, dtype=torch.float32))
 
 
 def seg_loss(logits, labels, sample_mask=None, weight=None):
@@ -465,14 +480,15 @@ def _critic_term(net, model_cfg, sim, real):
     return adversarial_loss(critic, sim[1][scale], real[1][scale])
 
 
-def supervised_terms(net, batch, model_cfg, sky_as_far=True, depth_norm='l2', ce_weight=None):
+def supervised_terms(net, batch, model_cfg, sky_as_far=True, depth_norm='l2', ce_weight=None,
+                     depth_weight=None):
     """Baseline terms: real encoder + heads supervised directly on one labelled domain."""
     x = batch['image']
     _, z, feats = net.encode_skips(x, 'real')
     d, s = net.decode_heads(z, feats)
     terms = {
         'depth': depth_loss(d, batch['depth'], model_cfg, batch['labels'],
-                            batch.get('has_depth'), sky_as_far, depth_norm),
+                            batch.get('has_depth'), sky_as_far, depth_norm, depth_weight),
         'ce': seg_loss(s, batch['labels'], batch.get('has_labels'), ce_weight),
     }
     images = {'image': x, 'depth_pred': d, 'seg_pred': s, 'depth': batch['depth'],

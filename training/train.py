@@ -54,7 +54,7 @@ class StageLoss(nn.Module):
     """One stage's forward pass returning its loss terms (what DDP wraps)."""
 
     def __init__(self, net, stage, model_cfg, loss_cfg, real_input='translated', lean=False,
-                 ce_weight=None, style_mixer=None, paste=(), sim_terms=True):
+                 ce_weight=None, style_mixer=None, paste=(), sim_terms=True, depth_weight=None):
         super().__init__()
         #: the self-training stage's pasted sim class ids or ``losses.CLASSMIX``
         #: (``self_train_paste``, the ``train.self_train_paste`` setting) and
@@ -65,6 +65,8 @@ class StageLoss(nn.Module):
         self.style_mixer = style_mixer
         #: per-class cross-entropy weights (``loss.ce_class_balance``), or None
         self.register_buffer('ce_weight', ce_weight, persistent=False)
+        #: per-class depth weights of the supervised stage (``loss.depth_class_balance``)
+        self.register_buffer('depth_weight', depth_weight, persistent=False)
         self.net, self.stage, self.model_cfg = net, stage, model_cfg
         self.gamma = float(loss_cfg['mmd_gamma_scale'])
         self.mmd_on = str(loss_cfg['mmd_on'])
@@ -105,7 +107,7 @@ class StageLoss(nn.Module):
             self.style_mixer.prepare(second['image'], first['image'].shape[0])
         try:
             return losses.supervised_terms(self.net, first, self.model_cfg, self.sky_as_far,
-                                           self.depth_norm, self.ce_weight)
+                                           self.depth_norm, self.ce_weight, self.depth_weight)
         finally:
             if self.style_mixer is not None:
                 self.style_mixer.clear()
@@ -461,6 +463,8 @@ class Trainer:
         weights = stage_weights(stage, self.loss_cfg, self.t)
         ce_weight = self.class_weights(stage, streams[0][0]) \
             if stage in ('stage2', 'supervised') else None
+        depth_weight = self.class_weights(stage, streams[0][0], 'depth_class_balance') \
+            if stage == 'supervised' else None
         mixer = None
         if stage == 'supervised' and self._style_mix() > 0:
             from .style_mix import StyleMixer
@@ -468,7 +472,8 @@ class Trainer:
                                float(self.t['style_mix_alpha']))
         module = StageLoss(self.net, stage, self.model_cfg, self.loss_cfg,
                            self.t['stage2_real_input'], self.t['stage2_lean'], ce_weight, mixer,
-                           self_train_paste(self.t), bool(self.t['self_train_sim']))
+                           self_train_paste(self.t), bool(self.t['self_train_sim']),
+                           depth_weight)
         if self.world > 1:   # source-only steps leave E_S and the critic without gradients
             module = DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
@@ -548,12 +553,12 @@ class Trainer:
         return len(idx), frames()
 
     @torch.no_grad()
-    def class_weights(self, stage, name):
-        """Return ``loss.ce_class_balance``'s per-class weights, or None at power 0.
+    def class_weights(self, stage, name, key='ce_class_balance'):
+        """Return ``loss.<key>``'s per-class weights, or None at power 0.
 
         Counted on ``prior_frames``, so a resumed run recomputes the same weights.
         """
-        power = float(self.loss_cfg.get('ce_class_balance', 0.0))
+        power = float(self.loss_cfg.get(key, 0.0))
         if power == 0.0:
             return None
         counts = torch.zeros(self.model_cfg.num_classes, dtype=torch.float64)
@@ -561,7 +566,7 @@ class Trainer:
             labels = frame['labels'][frame['labels'] < len(counts)]
             counts += torch.bincount(labels, minlength=len(counts)).double()
         weights = losses.class_balance_weights(counts, power)
-        self._log(f'[{stage}] loss.ce_class_balance={power:g}: class weights '
+        self._log(f'[{stage}] loss.{key}={power:g}: class weights '
                   + ' '.join(f'{w:.2f}' for w in weights.tolist()))
         return weights.to(self.device)
 
