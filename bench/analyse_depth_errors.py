@@ -9,11 +9,15 @@ depth) to say *what kind* of error that AbsRel is, so a proposed fix can be judg
   lower it;
 - road pixels: the signed and the absolute relative error (signed < 0: too near), since the
   road has the largest share of the sparse LiDAR points;
-- per class: AbsRel of each label class and its share of the scored pixels;
+- per class: AbsRel of each label class, its signed relative error (< 0: too near) and its
+  share of the scored pixels;
 - the resolution bound, once for the data: the generator's dense depth resized to the
   model size (the ``--config`` preset's ``model.height`` x ``model.width``) and back with
   'nearest' and 'area', scored against the sparse ground truth, plus full-resolution dense
   vs sparse: roughly the best a network whose output at that size is upsampled can score.
+
+``--domain sim`` scores the sim val split (the sim tree at ``--data``, dense depth) instead:
+how well a network learnt the sim frames' own depth, class by class (no resolution bound).
 
 ``python bench/analyse_depth_errors.py`` reads the models at ``<runs>/<row>_s<seed>/export``
 (made by ``python bench/bench_transfer.py``), writes ``bench/results/depth_errors.json`` and
@@ -83,6 +87,10 @@ def build_parser():
                         'gate put in after training (model.prior_gate: ground_mean: the depth '
                         'residual scaled by 1 - its road/terrain probability), as row '
                         '<row>+gate')
+    p.add_argument('--domain', choices=('real', 'sim'), default='real',
+                   help="the val split scored: real (the real-style KITTI tree, sparse LiDAR) "
+                        "or sim (the sim's Virtual KITTI 2 tree at --data, dense depth: how "
+                        "well the sim's own depth was learnt); default: %(default)s")
     p.add_argument('--results', default=str(REPO / 'bench' / 'results'),
                    help='where depth_errors.json/.md go (default: bench/results)')
     return p
@@ -111,7 +119,10 @@ def frame_size(data):
 
 
 def load_frames(eval_cfg, size, depth_type=None):
-    """Return the val split as a list of (uint8 RGB image, depth m, labels), full size."""
+    """Return the val split as a list of (uint8 RGB image, depth m, labels), full size.
+
+    ``eval_cfg`` is a ``data.*`` section: ``data.eval`` (real-style) or ``data.sim``.
+    """
     from training.data import build_dataset
     cfg = dict(eval_cfg, depth_type=depth_type) if depth_type else eval_cfg
     ds = build_dataset(cfg, SPLIT, *size, False, 0)
@@ -184,7 +195,7 @@ def score_model(predictor, frames, sigma, max_depth):
     plain, blurred = DepthMetrics(MIN_DEPTH, max_depth), DepthMetrics(MIN_DEPTH, max_depth)
     road_signed = road_abs = 0.0
     n_road = 0
-    class_err, class_n = {}, {}
+    class_err = {}   # class id -> (sum |rel|, sum rel, pixels)
     for image, gt, labels in frames:
         depth = np.clip(predictor.predict(image).depth, MIN_DEPTH, max_depth).astype(np.float32)
         plain.update(depth, gt)
@@ -198,17 +209,19 @@ def score_model(predictor, frames, sigma, max_depth):
         n_road += int(on_road.sum())
         for c in np.unique(lab):
             m = lab == c
-            class_err[int(c)] = class_err.get(int(c), 0.0) + float(np.abs(rel[m]).sum())
-            class_n[int(c)] = class_n.get(int(c), 0) + int(m.sum())
-    total = sum(class_n.values())
+            err, signed, n = class_err.get(int(c), (0.0, 0.0, 0))
+            class_err[int(c)] = (err + float(np.abs(rel[m]).sum()),
+                                 signed + float(rel[m].sum()), n + int(m.sum()))
+    total = sum(n for _, _, n in class_err.values())
     return {
         'abs_rel': plain.compute()['abs_rel'],
         'abs_rel_blurred': blurred.compute()['abs_rel'],
         'road_signed': road_signed / n_road if n_road else math.nan,
         'road_abs_rel': road_abs / n_road if n_road else math.nan,
-        'per_class': {class_name(c): {'share': class_n[c] / total,
-                                      'abs_rel': class_err[c] / class_n[c]}
-                      for c in sorted(class_n, key=lambda c: -class_n[c])},
+        'per_class': {class_name(c): {'share': n / total, 'abs_rel': err / n,
+                                      'signed': signed / n}
+                      for c, (err, signed, n) in sorted(class_err.items(),
+                                                        key=lambda kv: -kv[1][2])},
     }
 
 
@@ -225,7 +238,7 @@ def mean_over_seeds(per_seed):
     names = list(per_seed[0]['per_class'])
     out['per_class'] = {n: {f: float(np.mean([s['per_class'][n][f] for s in per_seed
                                               if n in s['per_class']]))
-                            for f in ('share', 'abs_rel')} for n in names}
+                            for f in ('share', 'abs_rel', 'signed')} for n in names}
     return out
 
 
@@ -255,18 +268,27 @@ def markdown(result):
     names = list(rows)
     first = rows[names[0]]['per_class']
     classes = sorted(first, key=lambda c: -first[c]['share'])
-    lines = ['AbsRel per class (real-style val split, sparse LiDAR; classes by share of the '
-             'scored pixels):', '',
-             '| class | share | ' + ' | '.join(names) + ' |',
-             '|---|---:|' + '---:|' * len(names)]
-    for c in classes:
-        cells = [f'{rows[n]["per_class"][c]["abs_rel"]:.3f}' if c in rows[n]['per_class']
-                 else '-' for n in names]
-        lines.append(f'| {c} | {first[c]["share"]:.3f} | ' + ' | '.join(cells) + ' |')
-    lines.append('| all | 1.000 | ' + ' | '.join(f'{rows[n]["abs_rel"]:.3f}' for n in names)
-                 + ' |')
+    split = 'real-style val split, sparse LiDAR' if result['data'].get('domain', 'real') == \
+        'real' else 'sim val split, dense depth'
+    lines = []
+
+    def cell(row, c, field):
+        value = rows[row]['per_class'].get(c, {}).get(field)
+        return '-' if value is None else f'{value:+.3f}' if field == 'signed' else f'{value:.3f}'
+    for field, what in (('abs_rel', 'AbsRel'),
+                        ('signed', 'Signed relative error (< 0: too near)')):
+        lines += [f'{what} per class ({split}; classes by share of the scored pixels):', '',
+                  '| class | share | ' + ' | '.join(names) + ' |',
+                  '|---|---:|' + '---:|' * len(names)]
+        for c in classes:
+            cells = [cell(n, c, field) for n in names]
+            lines.append(f'| {c} | {first[c]["share"]:.3f} | ' + ' | '.join(cells) + ' |')
+        if field == 'abs_rel':
+            total = ' | '.join(f'{rows[n]["abs_rel"]:.3f}' for n in names)
+            lines.append(f'| all | 1.000 | {total} |')
+        lines.append('')
     sigma = result['blur_sigma']
-    lines += ['', '| row | seeds | AbsRel | AbsRel, log depth blurred '
+    lines += ['| row | seeds | AbsRel | AbsRel, log depth blurred '
               f'(sigma {sigma:g} px) | road signed rel. error | road AbsRel |',
               '|---|---|---:|---:|---:|---:|']
     for n in names:
@@ -275,6 +297,8 @@ def markdown(result):
         lines.append(f'| {n} | {seeds} | {r["abs_rel"]:.3f} | {r["abs_rel_blurred"]:.3f} | '
                      f'{r["road_signed"]:+.3f} | {r["road_abs_rel"]:.3f} |')
     b = result['resolution_bound']
+    if b is None:
+        return '\n'.join(lines) + '\n'
     h, w = result['model_size']
     lines += ['', f'Resolution bound (dense ground truth to {h}x{w} and back, bilinear, vs '
               f'sparse): AbsRel {b["nearest"]:.4f} (nearest), {b["area"]:.4f} (area); '
@@ -292,10 +316,11 @@ def main(argv=None):
         return 2
     from sim2real_perception.config import load_config
     from sim2real_perception.predictor import Predictor
-    cfg = load_config(args.config, [f'data.eval.root={data}'])
+    cfg = load_config(args.config, [f'data.eval.root={data}', f'data.sim.root={data}'])
     size = frame_size(data)
-    sparse = load_frames(cfg['data']['eval'], size)
-    print(f'{len(sparse)} {SPLIT} frames at {size[1]}x{size[0]} from {data}')
+    section = cfg['data']['eval' if args.domain == 'real' else 'sim']
+    sparse = load_frames(section, size)
+    print(f'{len(sparse)} {args.domain} {SPLIT} frames at {size[1]}x{size[0]} from {data}')
     rows, gated = {}, {}
     for row, by_seed in exports.items():
         per_seed = []
@@ -314,17 +339,20 @@ def main(argv=None):
             rows[row + '+gate'] = {'seeds': gated[row + '+gate'],
                                    **mean_over_seeds(gated[row + '+gate'])}
     model_size = (int(cfg['model']['height']), int(cfg['model']['width']))
-    dense = load_frames(cfg['data']['eval'], size, depth_type='dense')
+    bound = resolution_bound(sparse, load_frames(section, size, depth_type='dense'),
+                             model_size, args.max_depth) if args.domain == 'real' else None
     result = {
         'command': shlex.join(['python', 'bench/analyse_depth_errors.py',
                                *(sys.argv[1:] if argv is None else argv)]),
         'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-        'data': {'root': str(data), 'split': SPLIT, 'frames': len(sparse),
-                 'size': list(size), 'depth': 'sparse LiDAR', 'config': args.config},
+        'data': {'root': str(data), 'domain': args.domain, 'split': SPLIT,
+                 'frames': len(sparse), 'size': list(size),
+                 'depth': 'sparse LiDAR' if args.domain == 'real' else 'dense (sim)',
+                 'config': args.config},
         'blur_sigma': args.blur_sigma, 'max_depth': args.max_depth,
         'model_size': list(model_size),
         'rows': rows,
-        'resolution_bound': resolution_bound(sparse, dense, model_size, args.max_depth),
+        'resolution_bound': bound,
     }
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

@@ -350,10 +350,6 @@ ROWS = (
      PASTE_LR05 + [DEPTH_BALANCE],
      "variant: _paste_lr05 with sim_only_dcb's class-balanced depth loss in its supervised "
      'steps; same cost'),
-    ('sim_only_region_kitti_st700_r2_keep8_paste_lr05', 'sim_only',
-     [o for o in PASTE_LR05 if not o.startswith('data.sim.region_keep_hue')],
-     "ablation: _paste_lr05 on sim_only_region_kitti's sim side (the buildings' hue "
-     "randomised too): _bld buys labels and costs depth on the textured sim; same cost"),
     ('sim_only_kitti_st700_r2_keep8_paste_lr05', 'sim_only',
      ['data.sim.appearance_aug=0.0', INPUT_NORM]
      + [o for o in PASTE_LR05 if not o.startswith('data.sim.region')],

@@ -5,6 +5,7 @@
 Each network variant trains (forward + backward of every stage), exports to ONNX with
 parity, and is served by the predictor and the node like the paper's network.
 """
+import csv
 import math
 from pathlib import Path
 
@@ -275,6 +276,26 @@ def test_weighted_seg_loss_weighs_pixels_by_their_class():
     assert math.isclose(float(plain), sum(per_pixel) / 4, rel_tol=1e-5)
 
 
+def test_weighted_depth_loss_weighs_pixels_by_their_class():
+    """loss.depth_class_balance: a weighted mean; unlabelled pixels weigh 1, invalid ones 0."""
+    from sim2real_perception.model import ModelConfig
+    mc = ModelConfig.from_dict(load_config('test')['model'])
+    depth = torch.tensor([[[[4.0, 8.0, 16.0, 0.0, 20.0]]]])      # the fourth: no measurement
+    labels = torch.tensor([[[0, 0, 2, 2, 255]]])
+    pred = torch.tensor([[[[0.1, -0.2, 0.3, 0.9, 0.0]]]])
+    target, valid = losses.depth_targets(depth, mc)
+    err = (pred - target).abs()[0, 0, 0]
+    weight = torch.tensor([1.0, 5.0, 3.0])
+    expect = (err[0] + err[1] + 3.0 * err[2] + 1.0 * err[4]) / (1.0 + 1.0 + 3.0 + 1.0)
+    got = losses.depth_loss(pred, depth, mc, labels, norm='l1', sky_as_far=False, weight=weight)
+    assert math.isclose(float(got), float(expect), rel_tol=1e-5)
+    plain = losses.depth_loss(pred, depth, mc, labels, norm='l1', sky_as_far=False)
+    assert math.isclose(float(plain), float(err[[0, 1, 2, 4]].mean()), rel_tol=1e-5)
+    ones = losses.depth_loss(pred, depth, mc, labels, norm='l1', sky_as_far=False,
+                             weight=torch.ones(3))
+    assert math.isclose(float(ones), float(plain), rel_tol=1e-6)
+
+
 def test_training_with_class_balance_counts_the_labelled_frames(tiny_data, tmp_path, capsys):
     from training import train
     cfg = load_config('test', [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')]
@@ -289,6 +310,25 @@ def test_training_with_class_balance_counts_the_labelled_frames(tiny_data, tmp_p
     assert weights[CLASS_NAMES.index('van')] == 0.0         # read as car: never a target
     assert min(w for w in weights if w > 0) < 1.0 < max(weights)   # common below, rare above
     assert load_depth_seg_net(summary['export_dir'])[0] is not None
+
+
+def test_training_with_depth_class_balance_weighs_the_depth_term(tiny_data, tmp_path, capsys):
+    """The same run with and without the depth weights: its first depth term differs."""
+    from training import train
+    first = {}
+    for power in (0.0, 0.5):
+        cfg = load_config('test', [f'data.{k}.root={tiny_data}' for k in ('sim', 'real', 'eval')]
+                          + ['data.eval.val_fraction=0.25', 'train.supervised_steps=2',
+                             'train.prior_frames=4', 'train.log_every=1',
+                             f'loss.depth_class_balance={power}'])
+        train.run(cfg, tmp_path / str(power), method='sim_only')
+        with open(tmp_path / str(power) / 'logs' / 'supervised.csv') as fh:
+            rows = list(csv.DictReader(fh))
+        first[power] = float(rows[0]['depth'])
+    line = next(x for x in capsys.readouterr().err.splitlines()
+                if 'loss.depth_class_balance=0.5: class weights' in x)
+    assert len(line.split('class weights')[1].split()) == len(CLASS_NAMES)
+    assert abs(first[0.5] - first[0.0]) > 0.01 * first[0.0]
 
 
 VARIANTS = {'skips_shared': {'skips': 'shared', 'shared_layers': 8},
@@ -953,3 +993,28 @@ def test_analysis_can_gate_a_trained_network_after_training(variant_dirs):
     for name in ('mean_prior', 'prior_gate_ground'):   # no prior; a gate of its own
         other = Predictor.from_path(variant_dirs[name], backend='torch', device='cpu')
         assert gate_ground(other) is False
+
+
+def test_depth_error_analysis_gives_each_class_its_signed_error(variant_dirs):
+    """bench/analyse_depth_errors.py: too far is +, too near is -, per class, by hand."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'bench'))
+    from analyse_depth_errors import markdown, score_model
+    p = Predictor.from_path(variant_dirs['mean_prior'], backend='torch', device='cpu',
+                            sky_as_infinity=False)
+    img = test_image(128, 128, seed=4)
+    pred = p.predict(img).depth.astype(np.float64)
+    labels = np.zeros(pred.shape, np.int16)
+    labels[:, 64:] = CLASS_NAMES.index('car')
+    gt = np.where(labels == 0, pred, pred / 2.0)        # cars: predicted twice as far
+    gt[0, :] = np.inf                                   # unscored
+    got = score_model(p, [(img, gt.astype(np.float32), labels)], 0.0, 1000.0)['per_class']
+    assert got['car']['signed'] == pytest.approx(1.0, rel=1e-4)
+    assert got['car']['abs_rel'] == pytest.approx(1.0, rel=1e-4)
+    assert abs(got[CLASS_NAMES[0]]['signed']) < 1e-5
+    assert got['car']['share'] == pytest.approx(0.5, rel=0.02)
+    table = markdown({'rows': {'prior': {'per_class': got, 'abs_rel': 0.5, 'abs_rel_blurred': 0.5,
+                                         'road_signed': 0.0, 'road_abs_rel': 0.0,
+                                         'seeds': [{'seed': 0}]}},
+                      'data': {'domain': 'sim'}, 'blur_sigma': 0.0, 'resolution_bound': None})
+    assert 'sim val split' in table and '| car | 0.500 | +1.000 |' in table
