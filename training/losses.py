@@ -171,20 +171,29 @@ def depth_loss(pred, depth, model_cfg, labels=None, sample_mask=None, sky_as_far
     by its label's weight (unlabelled pixels weigh 1) in a weighted mean, so the thin
     objects a per-pixel mean hardly sees (cars, poles) get their depth learnt.
     """
-    if norm not in DEPTH_NORMS:
-        raise ValueError(f'loss.depth_norm={norm!r} not in {DEPTH_NORMS}')
+    check_depth_norm(norm)
     target, valid = depth_targets(depth, model_cfg, labels, sky_as_far)
     if sample_mask is not None:
         valid = valid & sample_mask.to(valid.device).view(-1, 1, 1, 1).bool()
     pred = pred.float()
     if not bool(valid.any()):
         return _zero_like(pred)
-    err = (pred - target)[valid]
-    err = err.abs() if norm == 'l1' else err.pow(2)
+    err = depth_error(pred - target, norm)[valid]
     if weight is None or labels is None:
         return err.mean()
     w = pixel_weights(labels, weight).unsqueeze(1).expand_as(valid)[valid]
     return (w * err).sum() / w.sum()
+
+
+def check_depth_norm(norm):
+    """Refuse a ``loss.depth_norm`` that is not one of ``DEPTH_NORMS``."""
+    if norm not in DEPTH_NORMS:
+        raise ValueError(f'loss.depth_norm={norm!r} not in {DEPTH_NORMS}')
+
+
+def depth_error(diff, norm):
+    """Per-pixel error of an encoded-depth difference: squared (l2) or absolute (l1)."""
+    return diff.abs() if norm == 'l1' else diff.pow(2)
 
 
 def pixel_weights(labels, weight):
@@ -543,6 +552,7 @@ def self_train_depth_terms(pred, anchor, sim_depth, mask, model_cfg, norm='l2'):
     first n frames (NxHxW) and ``sim_depth`` their sim frames' metres. Each part is a mean
     over its own pixels, so a few pasted objects weigh as much as the rest of the frame.
     """
+    check_depth_norm(norm)
     pred = pred.float()
     n = mask.shape[0]
     code, valid = depth_targets(sim_depth[:n].to(pred.device), model_cfg, None, False)
@@ -552,7 +562,7 @@ def self_train_depth_terms(pred, anchor, sim_depth, mask, model_cfg, norm='l2'):
     rest[:n] = ~mask[:, None]
     target = anchor.clone()
     target[:n] = torch.where(mask[:, None], code.to(target.dtype), anchor[:n])
-    err = (pred - target).abs() if norm == 'l1' else (pred - target).pow(2)
+    err = depth_error(pred - target, norm)
     out = err[rest].mean() if bool(rest.any()) else _zero_like(pred)
     return out + err[pasted].mean() if bool(pasted.any()) else out
 

@@ -299,6 +299,7 @@ class Trainer:
         self.monitor = {}
         self._datasets = {}
         self._monitor_items = None   # the monitor's frames, read once (_monitor_frames)
+        self._class_counts = {}      # dataset name -> label pixel counts (class_weights)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -561,11 +562,13 @@ class Trainer:
         power = float(self.loss_cfg.get(key, 0.0))
         if power == 0.0:
             return None
-        counts = torch.zeros(self.model_cfg.num_classes, dtype=torch.float64)
-        for frame in self.prior_frames(name)[1]:
-            labels = frame['labels'][frame['labels'] < len(counts)]
-            counts += torch.bincount(labels, minlength=len(counts)).double()
-        weights = losses.class_balance_weights(counts, power)
+        if name not in self._class_counts:   # read once for the ce and the depth weights
+            counts = torch.zeros(self.model_cfg.num_classes, dtype=torch.float64)
+            for frame in self.prior_frames(name)[1]:
+                labels = frame['labels'][frame['labels'] < len(counts)]
+                counts += torch.bincount(labels, minlength=len(counts)).double()
+            self._class_counts[name] = counts
+        weights = losses.class_balance_weights(self._class_counts[name], power)
         self._log(f'[{stage}] loss.{key}={power:g}: class weights '
                   + ' '.join(f'{w:.2f}' for w in weights.tolist()))
         return weights.to(self.device)
