@@ -12,6 +12,11 @@ column shows whether the effect also makes the frames harder for a model trained
   byte for byte, so its figures are the benchmark's real-split figures of each seed.
 - ``all`` switches every listed effect off at once (the sky's photo look and the camera's
   height and pitch noise stay: they are not separate effects of ``RealStyle``).
+- ``sim_look`` renders the same geometry, camera and ground truth with the sim's own
+  renderer and look (the ``SimStyle`` of ``--sim-data``'s manifest): no appearance gap at
+  all, so what a sim-trained model still misses there is the new scenes, not the look. The
+  other ``sim_look_*`` versions put one property of each real drive back into that look
+  (``SIM_LOOKS``): how much of the gap that property alone makes.
 
 ``python bench/analyse_gap_effects.py`` reads the models at ``<runs>/<row>_s<seed>/export``
 (made by ``python bench/bench_transfer.py``), writes ``bench/results/gap_effects.json`` and
@@ -23,7 +28,8 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +57,15 @@ EFFECTS = {
 }
 ALL = 'all'
 NONE = 'none'
+#: Sim-look version -> the real drive's properties put back into the sim's look: its sun
+#: (the direction of shading and cast shadows), the real style's texture amplitude, and
+#: its own texture patterns (the sim has one fixed set of assets).
+SIM_LOOKS = {
+    'sim_look': (),
+    'sim_look_sun': ('sun',),
+    'sim_look_texture': ('texture',),
+    'sim_look_assets': ('texture_seed',),
+}
 
 
 def build_parser():
@@ -67,9 +82,14 @@ def build_parser():
                    help='preset: data and eval settings, as bench_transfer.py used '
                         '(default: cpu)')
     p.add_argument('--effects', nargs='+', default=[NONE, *EFFECTS, ALL],
-                   choices=[NONE, *EFFECTS, ALL], metavar='EFFECT',
+                   choices=[NONE, *EFFECTS, ALL, *SIM_LOOKS], metavar='EFFECT',
                    help='effects to switch off, one version of the frames each (default: '
-                        f'{" ".join([NONE, *EFFECTS, ALL])})')
+                        f'{" ".join([NONE, *EFFECTS, ALL])}); also {" ".join(SIM_LOOKS)}: '
+                        "the same geometry in the sim's look (from --sim-data), with the "
+                        "drive's sun, texture amplitude or texture patterns put back")
+    p.add_argument('--sim-data', default='outputs/bench_transfer/data_sim_textured',
+                   help='the sim tree whose manifest gives the sim_look versions their '
+                        'SimStyle (default: %(default)s, the --sim-look textured sim)')
     p.add_argument('--results', default=str(REPO / 'bench' / 'results'),
                    help='where gap_effects.json/.md go (default: bench/results)')
     return p
@@ -82,6 +102,8 @@ def style_without(base, effect):
 
 def switched_off(effect):
     """Return the RealStyle fields ``effect`` sets (every effect's for ``all``)."""
+    if effect in SIM_LOOKS:
+        return {}
     names = [] if effect == NONE else list(EFFECTS) if effect == ALL else [effect]
     return {k: v for n in names for k, v in EFFECTS[n].items()}
 
@@ -95,16 +117,36 @@ def val_frames(cfg, val_fraction):
     return out
 
 
-def render_version(cfg, keys, style):
-    """Render the val frames ``keys`` with ``style``; return a list of RGB uint8 arrays."""
+def sim_look_style(sim_style, effect, base, look):
+    """Return the SimStyle of sim-look version ``effect`` for a drive of ``look``."""
+    put_back = SIM_LOOKS[effect]
+    changes = {}
+    if 'sun' in put_back:
+        changes.update(sun_azimuth_deg=float(look['sun_azimuth_deg']),
+                       sun_elevation_deg=float(look['sun_elevation_deg']))
+    if 'texture' in put_back:
+        changes['texture'] = float(base.texture * base.gap)
+    if 'texture_seed' in put_back:
+        changes['texture_seed'] = int(look['texture_seed'])
+    return replace(sim_style, **changes)
+
+
+def render_version(cfg, keys, style, sim=None):
+    """Render the val frames ``keys`` with ``style``; return a list of RGB uint8 arrays.
+
+    ``sim`` (a drive's look -> SimStyle) renders each frame's geometry, cast with
+    ``style``'s camera (its height and pitch draws), with the sim's renderer instead.
+    """
     from training.data.make_procedural import (real_drive_look, real_sequence,
                                                render_real_frame)
+    from training.data.street_style import render_sim
     images, drives = [], {}
     for index, k in keys:
         if index not in drives:
             drives[index] = (real_sequence(cfg, index), real_drive_look(cfg, index, style))
         seq, look = drives[index]
-        images.append(render_real_frame(cfg, index, k, seq, style, look)[0])
+        rgb, geo, cam, _ = render_real_frame(cfg, index, k, seq, style, look)
+        images.append(rgb if sim is None else render_sim(geo, seq['layout'], sim(look), cam))
     return images
 
 
@@ -171,12 +213,26 @@ def main(argv=None):
               f'{len(keys)}', file=sys.stderr)
         return 2
     base = RealStyle(**render['real_style'])
+    sim_style = None
+    if any(e in SIM_LOOKS for e in args.effects):
+        manifest = Path(args.sim_data) / 'manifest.json'
+        if not manifest.is_file():
+            print(f'error: the sim_look versions need a sim tree: {manifest} not found (python '
+                  'bench/bench_transfer.py --sim-look textured makes it)', file=sys.stderr)
+            return 2
+        from training.data.street_style import SimStyle
+        sim_style = SimStyle(**render_config(
+            json.loads(manifest.read_text())['request'])['sim_style'])
     predictors = {(r, s): Predictor.from_path(path, backend=settings['backend'],
                                               device=settings['device'])
                   for r, by_seed in exports.items() for s, path in by_seed.items()}
     per_seed = {}
     for effect in args.effects:
-        images = render_version(render, keys, style_without(base, effect))
+        if effect in SIM_LOOKS:
+            images = render_version(render, keys, base,
+                                    partial(sim_look_style, sim_style, effect, base))
+        else:
+            images = render_version(render, keys, style_without(base, effect))
         if effect == NONE:
             same = all(np.array_equal(a, f['image']) for a, f in zip(images, frames))
             if not same:
@@ -198,6 +254,9 @@ def main(argv=None):
         'data': str(data), 'frames': len(frames), 'seeds': args.seeds,
         'rows': list(exports), 'effects': list(args.effects),
         'switched_off': {e: switched_off(e) for e in args.effects},
+        'sim_style': None if sim_style is None else {'data': str(args.sim_data),
+                                                     **asdict(sim_style)},
+        'sim_looks': {e: list(SIM_LOOKS[e]) for e in args.effects if e in SIM_LOOKS},
         'table': table, 'per_seed': per_seed, 'total_s': time.perf_counter() - t0,
     }
     out = Path(args.results)

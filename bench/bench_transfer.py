@@ -475,6 +475,24 @@ ROWS = (
     ('sim_only_tex_sun', 'sim_only', ['data.sim.appearance_aug=0.0'] + WITH_TEXTURED_SUN_SIM,
      'variant: sim_only on the textured sim (--sim-look textured) with each sim scene lit by '
      "its own sun (SimStyle.scene_sun), as each of Virtual KITTI 2's worlds is"),
+    ('sim_only_sun', 'sim_only', ['data.sim.appearance_aug=0.0', INPUT_NORM]
+     + WITH_TEXTURED_SUN_SIM,
+     "variant: today's sim_only (standardised input) on sim_only_tex_sun's sim: the textured "
+     "sim with each scene lit by its own sun. The sim's one fixed sun is the look that costs "
+     "sim-trained depth most (bench/analyse_gap_effects.py's sim_look_sun)"),
+    ('sim_only_aug_inorm', 'sim_only', [INPUT_NORM],
+     "ablation: today's sim_only (standardised input) with sim_only_aug's camera-photo "
+     'randomisation of the sim frames (data.sim.appearance_aug: 1, the cpu preset\'s)'),
+    ('sim_only_sun_aug_inorm', 'sim_only', [INPUT_NORM] + WITH_TEXTURED_SUN_SIM,
+     "ablation: sim_only_aug_inorm on sim_only_sun's sim: the sun's direction varied by the "
+     "sim, the camera's look by the randomisation"),
+    ('sim_only_sun_dcb', 'sim_only', ['data.sim.appearance_aug=0.0', INPUT_NORM, DEPTH_BALANCE]
+     + WITH_TEXTURED_SUN_SIM,
+     'ablation: sim_only_sun with the class-balanced depth loss of sim_only_dcb'),
+    ('sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05_sun', 'sim_only',
+     PASTE_LR05 + WITH_TEXTURED_SUN_SIM,
+     "variant: sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05 on sim_only_sun's sim "
+     '(each textured sim scene lit by its own sun)'),
     ('twin_vae_classmix', 'twin_vae', WARM_MMD + ['loss.pseudo_mix=classmix'],
      "variant: twin_vae_warm_mmd's self-training view with half of a sim frame's classes "
      'pasted in (DACS)'),

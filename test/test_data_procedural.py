@@ -177,6 +177,44 @@ def test_real_frames_re_render_with_one_effect_off(gen):
     assert np.abs(rgb.astype(int) - rgb2).mean() > 1.0
 
 
+def test_real_frames_re_render_in_the_sim_look_with_one_drive_property_back(gen):
+    """bench/analyse_gap_effects.py's sim_look versions: the real geometry, the sim's renderer.
+
+    ``sim_look`` is the sim style itself; ``sim_look_sun`` takes the drive's sun and changes
+    the shading; ``sim_look_texture`` the real texture amplitude, ``sim_look_assets`` the
+    drive's texture patterns. The scene (labels) never changes.
+    """
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'bench'))
+    from analyse_gap_effects import SIM_LOOKS, render_version, sim_look_style, val_frames
+    from functools import partial
+    from training.data.make_procedural import (real_drive_look, real_sequence, render_config,
+                                               render_real_frame)
+    root, manifest = gen
+    cfg = render_config(manifest['request'])
+    base = RealStyle(**cfg['real_style'])
+    sim = SimStyle(**{**cfg['sim_style'], 'texture': 0.6, 'shadow': 0.45})
+    keys = val_frames(cfg, 0.5)
+    assert keys == [(0, 1), (1, 1)]
+    look = real_drive_look(cfg, 1, base)
+    assert sim_look_style(sim, 'sim_look', base, look) == sim
+    sun = sim_look_style(sim, 'sim_look_sun', base, look)
+    assert (sun.sun_azimuth_deg, sun.sun_elevation_deg) == (
+        look['sun_azimuth_deg'], look['sun_elevation_deg'])
+    assert sim_look_style(sim, 'sim_look_texture', base, look).texture == base.texture
+    assert sim_look_style(sim, 'sim_look_assets', base, look).texture_seed == look['texture_seed']
+    _, geo, cam, _ = render_real_frame(cfg, 1, 1, real_sequence(cfg, 1), base, look)
+    versions = {e: render_version(cfg, keys, base, partial(sim_look_style, sim, e, base))[1]
+                for e in SIM_LOOKS}
+    assert np.array_equal(versions['sim_look'], render_sim(geo, real_sequence(cfg, 1)['layout'],
+                                                           sim, cam))
+    real = render_version(cfg, keys, base)[1]
+    for e in ('sim_look_sun', 'sim_look_texture', 'sim_look_assets'):
+        assert np.abs(versions[e].astype(int) - versions['sim_look']).mean() > 0.5, e
+    assert np.abs(real.astype(int) - versions['sim_look']).mean() > 2.0
+
+
 def test_cli_help_preview_and_errors(gen, tmp_path, capsys):
     help_text = build_parser().format_help()
     for option in ('--out', '--sim-frames', '--real-frames', '--height', '--width', '--seed',
