@@ -486,9 +486,6 @@ ROWS = (
     ('sim_only_sun_aug_inorm', 'sim_only', [INPUT_NORM] + WITH_TEXTURED_SUN_SIM,
      "ablation: sim_only_aug_inorm on sim_only_sun's sim: the sun's direction varied by the "
      "sim, the camera's look by the randomisation"),
-    ('sim_only_sun_dcb', 'sim_only', ['data.sim.appearance_aug=0.0', INPUT_NORM, DEPTH_BALANCE]
-     + WITH_TEXTURED_SUN_SIM,
-     'ablation: sim_only_sun with the class-balanced depth loss of sim_only_dcb'),
     ('sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05_sun', 'sim_only',
      PASTE_LR05 + WITH_TEXTURED_SUN_SIM,
      "variant: sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05 on sim_only_sun's sim "
