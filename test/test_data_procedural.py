@@ -182,7 +182,7 @@ def test_real_frames_re_render_in_the_sim_look_with_one_drive_property_back(gen)
 
     ``sim_look`` is the sim style itself; ``sim_look_sun`` takes the drive's sun and changes
     the shading; ``sim_look_texture`` the real texture amplitude, ``sim_look_assets`` the
-    drive's texture patterns. The scene (labels) never changes.
+    drive's texture patterns; each drawn on the real frame's own geometry and camera.
     """
     import sys
     from pathlib import Path
