@@ -137,16 +137,19 @@ def render_version(cfg, keys, style, sim=None):
     ``sim`` (a drive's look -> SimStyle) renders each frame's geometry, cast with
     ``style``'s camera (its height and pitch draws), with the sim's renderer instead.
     """
-    from training.data.make_procedural import (real_drive_look, real_sequence,
-                                               render_real_frame)
+    from training.data.make_procedural import (real_drive_look, real_frame_geometry,
+                                               real_sequence, render_real_frame)
     from training.data.street_style import render_sim
     images, drives = [], {}
     for index, k in keys:
         if index not in drives:
             drives[index] = (real_sequence(cfg, index), real_drive_look(cfg, index, style))
         seq, look = drives[index]
-        rgb, geo, cam, _ = render_real_frame(cfg, index, k, seq, style, look)
-        images.append(rgb if sim is None else render_sim(geo, seq['layout'], sim(look), cam))
+        if sim is None:
+            images.append(render_real_frame(cfg, index, k, seq, style, look)[0])
+        else:
+            geo, cam, _ = real_frame_geometry(cfg, index, k, seq, style, look)
+            images.append(render_sim(geo, seq['layout'], sim(look), cam))
     return images
 
 

@@ -142,12 +142,21 @@ def render_real_frame(cfg, index, k, seq, style, look):
     bench/analyse_gap_effects.py does) shows the same scene; ``rng`` continues into
     ``lidar_depth``.
     """
+    geo, cam, rng = real_frame_geometry(cfg, index, k, seq, style, look)
+    return render_real(geo, seq['layout'], cam, style, look, rng), geo, cam, rng
+
+
+def real_frame_geometry(cfg, index, k, seq, style, look):
+    """Return frame ``k`` of real drive ``index`` unrendered: (geometry, camera, frame rng).
+
+    ``rng`` has drawn the camera's pitch and goes on into ``render_real``; a caller that
+    draws the geometry another way (the sim's renderer) needs no real render.
+    """
     rng = np.random.default_rng([cfg['seed'], REAL, index, 2, k])
     pitch = style.pitch_deg + style.gap * rng.normal(0.0, 0.3)   # body pitching
     cam = Camera.kitti_like(cfg['height'], cfg['width'], look['cam_height_m'], seq['x'][k],
                             seq['z'][k], pitch, seq['yaw_deg'][k])
-    geo = ray_cast(seq['layout'], cam)
-    return render_real(geo, seq['layout'], cam, style, look, rng), geo, cam, rng
+    return ray_cast(seq['layout'], cam), cam, rng
 
 
 def _render_frames(cfg, domain, index, start, stop):
