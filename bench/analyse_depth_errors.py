@@ -87,6 +87,11 @@ def build_parser():
                         'gate put in after training (model.prior_gate: ground_mean: the depth '
                         'residual scaled by 1 - its road/terrain probability), as row '
                         '<row>+gate')
+    p.add_argument('--ground-contact', action='store_true',
+                   help='also score every export with model.ground_contact switched (upright '
+                        'surfaces at the ground depth of their foot; '
+                        'sim2real_perception/ground_contact.py), as row <row>+contact, or '
+                        '<row>-contact for an export that has it on')
     p.add_argument('--domain', choices=('real', 'sim'), default='real',
                    help="the val split scored: real (the real-style KITTI tree, sparse LiDAR) "
                         "or sim (the sim's Virtual KITTI 2 tree at --data, dense depth: how "
@@ -321,23 +326,27 @@ def main(argv=None):
     section = cfg['data']['eval' if args.domain == 'real' else 'sim']
     sparse = load_frames(section, size)
     print(f'{len(sparse)} {args.domain} {SPLIT} frames at {size[1]}x{size[0]} from {data}')
-    rows, gated = {}, {}
+    rows = {}
     for row, by_seed in exports.items():
-        per_seed = []
+        extra = {}   # {row, '<row>+gate', '<row>+contact' or '-contact': [per seed]}
         for seed, path in by_seed.items():
             predictor = Predictor.from_path(str(path), backend='torch', device='cpu',
                                             sky_as_infinity=False)
-            scores = score_model(predictor, sparse, args.blur_sigma, args.max_depth)
-            per_seed.append({'seed': seed, 'export': str(path), **scores})
-            print(f'{row} seed {seed}: AbsRel {scores["abs_rel"]:.3f}')
-            if args.gate_ground and gate_ground(predictor):
+
+            def score(name):
                 scores = score_model(predictor, sparse, args.blur_sigma, args.max_depth)
-                gated.setdefault(row + '+gate', []).append(
-                    {'seed': seed, 'export': str(path), **scores})
-        rows[row] = {'seeds': per_seed, **mean_over_seeds(per_seed)}
-        if gated.get(row + '+gate'):
-            rows[row + '+gate'] = {'seeds': gated[row + '+gate'],
-                                   **mean_over_seeds(gated[row + '+gate'])}
+                extra.setdefault(name, []).append({'seed': seed, 'export': str(path),
+                                                   **scores})
+                print(f'{name} seed {seed}: AbsRel {scores["abs_rel"]:.3f}')
+            score(row)
+            if args.ground_contact:
+                predictor.ground_contact = not predictor.ground_contact
+                score(row + ('+contact' if predictor.ground_contact else '-contact'))
+                predictor.ground_contact = not predictor.ground_contact
+            if args.gate_ground and gate_ground(predictor):
+                score(row + '+gate')
+        for name, runs in extra.items():
+            rows[name] = {'seeds': runs, **mean_over_seeds(runs)}
     model_size = (int(cfg['model']['height']), int(cfg['model']['width']))
     bound = resolution_bound(sparse, load_frames(section, size, depth_type='dense'),
                              model_size, args.max_depth) if args.domain == 'real' else None

@@ -91,6 +91,7 @@ INPUT_NORM = 'model.input_norm=image'
 GROUND_GATE = 'model.prior_gate=ground'
 #: Each pixel's depth error weighed by its class's share ** -0.5 (cars, poles, signs).
 DEPTH_BALANCE = 'loss.depth_class_balance=0.5'
+GROUND_CONTACT = 'model.ground_contact=true'
 INPUT_NORM_JOINT = 'model.input_norm=image_joint'
 #: Virtual KITTI 2 renders every clone viewpoint again at other times of day and weathers;
 #: the ``*_vars`` rows train on six of them (the same viewpoints, 6x the sim images) from a
@@ -350,6 +351,11 @@ ROWS = (
      PASTE_LR05 + [DEPTH_BALANCE],
      "variant: _paste_lr05 with sim_only_dcb's class-balanced depth loss in its supervised "
      'steps; same cost'),
+    ('sim_only_region_kitti_bld_st700_r2_keep8_paste_lr05_contact', 'sim_only',
+     PASTE_LR05 + [GROUND_CONTACT],
+     "variant: _paste_lr05 whose upright surfaces take the depth of the ground at their "
+     "foot, read from its own labels (model.ground_contact, at inference only: the same "
+     "training)"),
     ('sim_only_kitti_st700_r2_keep8_paste_lr05', 'sim_only',
      ['data.sim.appearance_aug=0.0', INPUT_NORM]
      + [o for o in PASTE_LR05 if not o.startswith('data.sim.region')],
@@ -371,6 +377,11 @@ ROWS = (
      'over the budget: sim_only_region_kitti_bld_st850_r2_keep8 with the copy-paste of '
      "sim_only_region_kitti_bld_st700_r2_keep8_paste; it resumes sim_only_region_kitti_bld's "
      'copied checkpoints'),
+    ('sim_only_region_kitti_bld_st850_r2_keep8_paste_contact', 'sim_only',
+     ST850_R2 + ['train.self_train_keep=0.8', f'train.self_train_paste={THINGS}',
+                 GROUND_CONTACT],
+     "over the budget: the main job's sim_only_region_kitti_bld_st850_r2_keep8_paste with "
+     "_paste_lr05_contact's ground-contact depth (the same training)"),
     ('sim_only_region_kitti_bld_st750_r2_keep8', 'sim_only',
      BLD + ['train.supervised_steps=750', 'train.self_train_steps=125',
             'train.self_train_batch=2', 'train.self_train_sim=false',
@@ -506,7 +517,8 @@ OVER_BUDGET = ('self_train_region_kitti', 'sim_only_region_kitti_st850',
                'sim_only_region_kitti_bld_st850_b2', 'sim_only_region_kitti_bld_st850_r2',
                'sim_only_region_kitti_bld_st700_r2_rounds2',
                'sim_only_region_kitti_bld_st850_r2_keep8',
-               'sim_only_region_kitti_bld_st850_r2_keep8_paste')
+               'sim_only_region_kitti_bld_st850_r2_keep8_paste',
+               'sim_only_region_kitti_bld_st850_r2_keep8_paste_contact')
 #: Virtual KITTI 2 clones KITTI's camera (height, pitch), so the sim camera here matches
 #: the real-style one: the gap left is appearance, the part adaptation can close.
 SIM_CAMERA = ('cam_height_m=1.65', 'pitch_deg=1.0')

@@ -117,7 +117,8 @@ class DepthSegNode(Node):
         cv2.setNumThreads(1)
         self.predictor = predictor or Predictor.from_path(
             p.model_path, backend=p.backend, device=p.device, precision=p.precision,
-            sky_as_infinity=p.sky_as_infinity, threads=p.threads or None)
+            sky_as_infinity=p.sky_as_infinity, threads=p.threads or None,
+            ground_contact=node_params.GROUND_CONTACT[p.ground_contact])
         self.declare_parameter(
             'class_names', list(self.predictor.class_names),
             ParameterDescriptor(description='class id -> name, from the model (read only)',

@@ -69,6 +69,7 @@ class ModelConfig:
     prior_gate: str = 'none'
     architecture: str = 'twin_vae'
     input_norm: str = 'none'
+    ground_contact: bool = False
 
     @classmethod
     def from_dict(cls, data):
@@ -153,6 +154,9 @@ class ModelConfig:
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f'model.input_norm={self.input_norm!r}: must be one of '
                              f'{INPUT_NORMS}')
+        if not isinstance(self.ground_contact, bool):
+            raise ValueError(f'model.ground_contact={self.ground_contact!r}: must be true or '
+                             'false')
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f'model.architecture={self.architecture!r}: must be one of '
                              f'{ARCHITECTURES}')

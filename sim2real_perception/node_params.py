@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 BACKENDS = ('auto', 'torch', 'onnxruntime')
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 RELIABILITY = ('best_effort', 'reliable')
+#: ground_contact values -> Predictor's ground_contact (None: as the export says).
+GROUND_CONTACT = {'model': None, 'true': True, 'false': False}
 
 
 class ParameterError(ValueError):
@@ -26,6 +28,7 @@ class NodeParams:
     precision: str = 'fp32'
     threads: int = 0
     sky_as_infinity: bool = True
+    ground_contact: str = 'model'
     input_reliability: str = 'best_effort'
     input_depth: int = 1
     subscribe_compressed: bool = False
@@ -53,6 +56,9 @@ DESCRIPTIONS = {
     'precision': 'fp32; fp16/bf16 on CUDA (torch), fp16 with the TensorRT provider',
     'threads': 'CPU inference threads; 0 = $SIM2REAL_THREADS if set, else library default',
     'sky_as_infinity': 'publish +inf depth where the model sees sky (REP 117 out of range)',
+    'ground_contact': 'depth of upright surfaces (cars, poles, walls) from the ground depth '
+                      'at their foot: model (as the export\'s model.ground_contact says), '
+                      'true or false',
     'input_reliability': 'image subscription reliability: best_effort (sensor data, hears '
                          'every publisher) or reliable',
     'input_depth': 'image subscription history depth (keep last N)',
@@ -76,7 +82,7 @@ DESCRIPTIONS = {
 }
 
 _CHOICES = {'backend': BACKENDS, 'precision': PRECISIONS, 'input_reliability': RELIABILITY,
-            'output_reliability': RELIABILITY}
+            'output_reliability': RELIABILITY, 'ground_contact': tuple(GROUND_CONTACT)}
 _MIN = {'threads': 0, 'input_depth': 1, 'max_queued_frames': 1, 'max_input_pixels': 1,
         'output_depth': 1, 'diagnostics_period': 1e-3, 'log_period': 0.0,
         'warn_throttle_period': 0.0}

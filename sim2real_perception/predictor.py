@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 
 from . import labels as label_set
+from .ground_contact import ground_contact_depth
+from .model_config import GROUND_CLASSES
 from .model_io import (check_onnx_metadata, CONFIG_NAME, ModelLoadError, ONNX_NAME,
                        read_consistent, read_model_config, WEIGHTS_NAME)
 
@@ -268,7 +270,7 @@ def choose_backend(backend, device, onnx_path):
 class Predictor:
     """Depth (metres) + class ids for HxWx3 uint8 RGB images of any size."""
 
-    def __init__(self, runner, config, sky_as_infinity=True):
+    def __init__(self, runner, config, sky_as_infinity=True, ground_contact=None):
         self.runner = runner
         self.config = config
         self.model_config = config['model_config']
@@ -279,14 +281,23 @@ class Predictor:
         self.palette = label_set.PALETTE[:len(self.class_names)]
         self.sky_class = SKY_CLASS if 'sky' in self.class_names else None
         self.sky_as_infinity = bool(sky_as_infinity)
+        #: Upright surfaces take the ground depth at their foot (ground_contact.py); None
+        #: means as the export's ``model.ground_contact`` says.
+        self.ground_contact = bool(self.model_config.ground_contact if ground_contact is None
+                                   else ground_contact)
+        self._ground = [label_set.CLASS_NAMES.index(n) for n in GROUND_CLASSES
+                        if n in self.class_names]
         self._inf = None  # +inf image of the last output size (sky marking)
         self.backend = runner.name
         self.description = runner.description
 
     @classmethod
     def from_path(cls, model_path, backend='auto', device='auto', precision='fp32',
-                  sky_as_infinity=True, threads=None):
-        """Load a model; raise ModelLoadError naming the file, ValueError for bad options."""
+                  sky_as_infinity=True, threads=None, ground_contact=None):
+        """Load a model; raise ModelLoadError naming the file, ValueError for bad options.
+
+        ``ground_contact`` (True / False) overrides the export's ``model.ground_contact``.
+        """
         for name, value, allowed in (('backend', backend, BACKENDS),
                                      ('precision', precision, PRECISIONS)):
             if value not in allowed:
@@ -316,7 +327,7 @@ class Predictor:
             runner = _TorchRunner(model_dir, device, precision)
             config = runner.config
         LOG.info('model %s: %s (backend %s: %s)', model_path, runner.description, chosen, why)
-        return cls(runner, config, sky_as_infinity)
+        return cls(runner, config, sky_as_infinity, ground_contact)
 
     def preprocess(self, rgb):
         """Check an image and resize it to the model size (:func:`resize_to_model`)."""
@@ -380,7 +391,10 @@ class Predictor:
     def finish(self, out):
         """Turn a :class:`ModelOutput` into a :class:`Prediction` at the input size."""
         t0 = time.perf_counter()
-        depth, labels = self.postprocess(out.depth, out.labels, out.size)
+        depth = out.depth
+        if self.ground_contact:
+            depth = ground_contact_depth(depth, out.labels, self._ground)
+        depth, labels = self.postprocess(depth, out.labels, out.size)
         nan = int(np.count_nonzero(np.isnan(out.depth)))
         timings = {**out.timings, 'postprocess_ms': _ms(t0)}
         return Prediction(depth, labels, timings, nan, small_labels=out.labels)

@@ -309,7 +309,9 @@ def test_main_job_recipes_train_their_benchmark_rows():
               'sim_only_region_kitti_bld_st': 'sim_only_region_kitti_bld_st850_b2',
               'sim_only_region_kitti_bld_st_keep8': 'sim_only_region_kitti_bld_st850_r2_keep8',
               'sim_only_region_kitti_bld_st_paste':
-                  'sim_only_region_kitti_bld_st850_r2_keep8_paste'}
+                  'sim_only_region_kitti_bld_st850_r2_keep8_paste',
+              'sim_only_region_kitti_bld_st_paste_contact':
+                  'sim_only_region_kitti_bld_st850_r2_keep8_paste_contact'}
     assert set(row_of) == set(RECIPES)
     for recipe, row in row_of.items():
         assert RECIPES[recipe] == rows[row], recipe

@@ -87,10 +87,15 @@ RECIPES = {
     # labelled real frames alone, 80 % of each class's pixels kept (row
     # sim_only_region_kitti_bld_st850_r2_keep8, about 1.5 min more than its 850 steps)
     'sim_only_region_kitti_bld_st_keep8': ('sim_only', BLD_ST_KEEP8),
-    # the default: that with sim cars, trucks, poles, signs, lights and guard rails pasted
+    # that with sim cars, trucks, poles, signs, lights and guard rails pasted
     # onto the self-trained real frames (row sim_only_region_kitti_bld_st850_r2_keep8_paste)
     'sim_only_region_kitti_bld_st_paste': (
         'sim_only', BLD_ST_KEEP8 + (f'train.self_train_paste=[{", ".join(THING_CLASSES)}]',)),
+    # the default: that with each upright surface at the ground depth of its foot, read from
+    # its own labels at inference (row sim_only_region_kitti_bld_st850_r2_keep8_paste_contact)
+    'sim_only_region_kitti_bld_st_paste_contact': (
+        'sim_only', BLD_ST_KEEP8 + (f'train.self_train_paste=[{", ".join(THING_CLASSES)}]',
+                                    'model.ground_contact=true')),
 }
 #: --quick runs every stage at the test preset's few steps, self-training included.
 QUICK_SELF_TRAIN = 'train.self_train_steps=4'
@@ -186,7 +191,9 @@ def build_parser():
                         'buildings\' hue; sim_only_region_kitti_bld_st_keep8: that with the '
                         'self-training steps on 2 real frames alone, 80 %% of each class\'s '
                         'pixels kept as labels; sim_only_region_kitti_bld_st_paste: that with '
-                        'sim objects pasted onto those real frames)')
+                        'sim objects pasted onto those real frames; '
+                        'sim_only_region_kitti_bld_st_paste_contact: that with each upright '
+                        'surface at the ground depth of its foot)')
     p.add_argument('--with-oracle', action='store_true',
                    help='also train and evaluate the oracle baseline (real labels)')
     p.add_argument('--config', default=None,
@@ -524,6 +531,10 @@ def run(args):
                                                   '(buildings keep their hue), vans as car, '
                                                   'then self-train on the real frames with '
                                                   'sim objects pasted in (main model)',
+            'sim_only_region_kitti_bld_st_paste_contact':
+                'train sim_only on randomised sim frames (buildings keep their hue), vans as '
+                'car, then self-train on the real frames with sim objects pasted in; depth of '
+                'upright surfaces from their ground contact (main model)',
             'sim_only': 'train the sim-only baseline (no adaptation)',
             'mean_prior': 'fit the mean_prior floor (per-pixel sim statistics)',
             'oracle': 'train the oracle baseline (real labels)'}
