@@ -148,6 +148,13 @@ ROWS = (
      'channel first (model.input_norm: image), so its depth cannot follow the white balance'),
     ('oracle', 'oracle', [INPUT_NORM],
      "the network supervised on real-style labels: the ceiling; sim_only's standardisation"),
+    ('mean_prior_contact', 'mean_prior', [GROUND_CONTACT],
+     "reference: the floor's one map with _paste_lr05_contact's ground-contact depth"),
+    ('sim_only_contact', 'sim_only', ['data.sim.appearance_aug=0.0', INPUT_NORM, GROUND_CONTACT],
+     "ablation: sim_only with _paste_lr05_contact's ground-contact depth (the same training): "
+     'how much of that row\'s gain needs no adaptation'),
+    ('oracle_contact', 'oracle', [INPUT_NORM, GROUND_CONTACT],
+     "ablation: the oracle with _paste_lr05_contact's ground-contact depth"),
     ('sim_only_scenes60', 'sim_only', ['data.sim.appearance_aug=0.0', INPUT_NORM]
      + WITH_SCENES60_SIM,
      'variant: sim_only trained on the textured sim drawn as 60 scenes of 10 frames (same '

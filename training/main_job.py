@@ -99,7 +99,7 @@ RECIPES = {
 }
 #: --quick runs every stage at the test preset's few steps, self-training included.
 QUICK_SELF_TRAIN = 'train.self_train_steps=4'
-DEFAULT_MODEL = 'sim_only_region_kitti_bld_st_paste'
+DEFAULT_MODEL = 'sim_only_region_kitti_bld_st_paste_contact'
 
 #: Data sizes and the training preset per mode (all overridable on the command line).
 PROFILES = {
