@@ -8,7 +8,8 @@ from a fixed camera height looks alike in any rendering), and so do its labels; 
 module gives every upright run of pixels the ground depth just below its foot and leaves
 the rest (the ground itself, the sky, and runs whose foot is hidden by another object) as
 the network predicted. It is the stixel-world assumption (Badino et al. 2009) applied to
-the network's own labels, and costs about a millisecond at the ``cpu`` preset's model size.
+the network's own labels, and costs about 2 ms a frame at the ``cpu`` preset's model size
+(``bench/bench_ground_contact.py``).
 
 Used by :class:`sim2real_perception.predictor.Predictor` when the export's ``model`` section
 sets ``ground_contact: true``; see docs/training.md.

@@ -6,6 +6,8 @@ Checked by hand on small label maps, then end to end: an export with
 ``model.ground_contact: true`` (a mean_prior net with hand-made maps, so labels are exact)
 served by the predictor on both backends and by the node over DDS.
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,26 @@ def test_the_node_publishes_ground_contact_depth(context, contact_model, param):
     finally:
         harness.close()
         node.destroy_node()
+
+
+def test_bench_ground_contact_times_both_settings(contact_model, tmp_path):
+    import json
+    import sys
+    import cv2
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'bench'))
+    import bench_ground_contact
+    frames = tmp_path / 'kitti' / 'drive_0001' / 'image_02' / 'data'
+    frames.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(frames / f'{i:010d}.png'), test_image(160, 96, seed=i))
+    out = tmp_path / 'time.json'
+    assert bench_ground_contact.main(['--model', str(contact_model[0]), '--data',
+                                      str(tmp_path), '--backend', 'torch', '--out',
+                                      str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result['frames'] == 3 and result['frame_size'] == [96, 160]
+    assert set(result['postprocess_ms_median']) == {'off', 'on'}
+    assert all(v >= 0 for v in result['postprocess_ms_median'].values())
+    with pytest.raises(SystemExit, match='no .*image_02'):
+        bench_ground_contact.main(['--model', str(contact_model[0]), '--data',
+                                   str(tmp_path / 'nothing'), '--out', str(out)])
