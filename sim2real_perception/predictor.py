@@ -9,7 +9,9 @@ An image is shrunk to the model size by box averaging (:func:`resize_to_model`, 
 bilinearly and labels by nearest neighbour, so labels are always real class ids.
 Depth is metric (the network decodes metres in its graph); pixels the network calls sky are
 ``+inf`` when ``sky_as_infinity`` (REP 117 "no return"), and NaN only ever means the model
-produced NaN (REP 117 "invalid"). No depth is ever clamped or set to 0.
+produced NaN (REP 117 "invalid"). No depth is ever clamped or set to 0. With the export's
+``model.ground_contact`` (or ``ground_contact=True``) upright surfaces take the ground's depth
+at their foot, at the model size before the upsampling (:mod:`.ground_contact`).
 
 The ONNX Runtime path imports no torch (nor safetensors): a robot that runs
 ``backend: onnxruntime`` needs only numpy, OpenCV, onnxruntime and the ROS packages.
@@ -393,7 +395,8 @@ class Predictor:
         t0 = time.perf_counter()
         depth = out.depth
         if self.ground_contact:
-            depth = ground_contact_depth(depth, out.labels, self._ground)
+            depth = ground_contact_depth(depth, out.labels, self._ground,
+                                         -1 if self.sky_class is None else self.sky_class)
         depth, labels = self.postprocess(depth, out.labels, out.size)
         nan = int(np.count_nonzero(np.isnan(out.depth)))
         timings = {**out.timings, 'postprocess_ms': _ms(t0)}

@@ -65,7 +65,7 @@ def test_ground_ids_choose_what_counts_as_ground_and_shapes_must_match():
 
 
 def _scene(height=128, width=128):
-    """A hand-made label map (sky, buildings, cars and poles on road and terrain) + depth."""
+    """Return a hand-made label map (sky, buildings, cars, poles on road, terrain) + depth."""
     labels = np.full((height, width), ROAD, np.uint8)
     labels[:40] = SKY
     labels[40:80] = BUILDING
@@ -80,7 +80,7 @@ def _scene(height=128, width=128):
 
 @pytest.fixture(scope='module')
 def contact_model(tmp_path_factory):
-    """A mean_prior export (with ONNX) of :func:`_scene`, with ``ground_contact: true``."""
+    """Export :func:`_scene` as a mean_prior net (with ONNX) with ``ground_contact: true``."""
     cfg = ModelConfig.from_dict({**load_config('test')['model'], 'architecture': 'mean_prior',
                                  'ground_contact': True})
     depth, labels = _scene(cfg.height, cfg.width)
