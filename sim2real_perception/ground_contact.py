@@ -16,8 +16,8 @@ sets ``ground_contact: true``; see docs/training.md.
 """
 import numpy as np
 
-from .labels import CLASS_NAMES
-from .model_config import GROUND_CLASSES
+from .labels import CLASS_NAMES, NUM_CLASSES
+from .model_config import ground_class_ids
 
 SKY = CLASS_NAMES.index('sky')
 
@@ -33,7 +33,7 @@ def ground_contact_depth(depth, labels, ground_ids=None, sky_id=SKY):
     if depth.shape != labels.shape or depth.ndim != 2:
         raise ValueError(f'depth {depth.shape} and labels {labels.shape} must be one HxW frame')
     if ground_ids is None:
-        ground_ids = [CLASS_NAMES.index(n) for n in GROUND_CLASSES]
+        ground_ids = ground_class_ids(NUM_CLASSES)
     ground = np.isin(labels, ground_ids)
     out = np.array(depth, dtype=np.float32, copy=True)
     foot = np.full(labels.shape[1], np.nan, np.float32)   # per column: the run's ground depth

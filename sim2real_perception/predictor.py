@@ -29,7 +29,7 @@ import numpy as np
 
 from . import labels as label_set
 from .ground_contact import ground_contact_depth
-from .model_config import GROUND_CLASSES
+from .model_config import ground_class_ids
 from .model_io import (check_onnx_metadata, CONFIG_NAME, ModelLoadError, ONNX_NAME,
                        read_consistent, read_model_config, WEIGHTS_NAME)
 
@@ -287,8 +287,7 @@ class Predictor:
         #: means as the export's ``model.ground_contact`` says.
         self.ground_contact = bool(self.model_config.ground_contact if ground_contact is None
                                    else ground_contact)
-        self._ground = [label_set.CLASS_NAMES.index(n) for n in GROUND_CLASSES
-                        if n in self.class_names]
+        self._ground = ground_class_ids(self.model_config.num_classes)
         self._inf = None  # +inf image of the last output size (sky marking)
         self.backend = runner.name
         self.description = runner.description
